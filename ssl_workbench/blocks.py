@@ -12,7 +12,7 @@ from .core import ConfigError, l2n
 
 # %% auto #0
 __all__ = ['mlp', 'make_teacher', 'ema_update_', 'cosine_momentum', 'Queue', 'nn_stats', 'CosinePrototypes', 'nnclr_loss',
-           'soft_ce', 'warmup_cosine', 'LARS']
+           'soft_ce', 'warmup_cosine', 'LARS', 'ClusterSizeTracker']
 
 # %% ../nbs/04_blocks.ipynb #d4065b74
 def mlp(dims, bn=True, last_bn=False, last_affine=True, act=nn.ReLU):
@@ -128,3 +128,26 @@ class LARS(torch.optim.Optimizer):
                 if buf is None: buf = self.state[p]['momentum_buffer'] = d.clone()
                 else: buf.mul_(g['momentum']).add_(d)
                 p.add_(buf, alpha=-g['lr'])
+
+# %% ../nbs/04_blocks.ipynb #1d585468
+class ClusterSizeTracker(nn.Module):
+    "EMA of the fraction of hard assignments per cluster (ExCB's `s`), uniform at start."
+    def __init__(self, k, momentum=0.999):
+        super().__init__()
+        if not 0 <= momentum < 1: raise ConfigError(f"momentum={momentum!r} is out of range; allowed: [0, 1)")
+        self.k, self.momentum = k, momentum
+        self.register_buffer('s', torch.full((k,), 1.0 / k))
+    @torch.no_grad()
+    def batch_sizes(self, assign):
+        "Fraction of `assign` (any shape, cluster ids) falling in each cluster (averaged over ranks if distributed)."
+        sb = torch.bincount(assign.reshape(-1), minlength=self.k).to(self.s.dtype) / max(1, assign.numel())
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sb); sb /= torch.distributed.get_world_size()
+        return sb
+    @torch.no_grad()
+    def update(self, assign):
+        "s ← m·s + (1 − m)·mean(onehot(assign))."
+        self.s.mul_(self.momentum).add_(self.batch_sizes(assign), alpha=1 - self.momentum)
+    def relative(self):
+        "Relative sizes s·K/‖s‖₁ (1 = balanced)."
+        return self.s * self.k / self.s.sum()
