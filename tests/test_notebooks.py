@@ -1,0 +1,36 @@
+"The experiment notebooks run headless with papermill at tiny parameters and keep their plots and results."
+import json, os
+from pathlib import Path
+import pytest
+import papermill as pm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def outputs(nb):
+    return [o for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', [])]
+
+def run_notebook(name, tmp_path, **params):
+    out = tmp_path / f'{name}.out.ipynb'
+    pm.execute_notebook(str(ROOT / 'nbs' / f'{name}.ipynb'), str(out), parameters=params, kernel_name='python3',
+                        cwd=str(tmp_path), progress_bar=False)
+    return json.loads(out.read_text()), out
+
+@pytest.mark.parametrize('name, params', [
+    ('train_nnclr', dict(epochs=2, train_per_class=40, batch_size=64, queue_size=256)),
+])
+def test_train_notebook_headless(tmp_path, name, params):
+    run_dir = tmp_path / 'run'
+    nb, out = run_notebook(name, tmp_path, run_dir=str(run_dir), show_umap=False, **params)
+    outs = outputs(nb)
+    figs = [o for o in outs if 'application/vnd.plotly.v1+json' in o.get('data', {})]
+    assert figs, 'no plotly figure kept in the output notebook'
+    fig = figs[0]['data']['application/vnd.plotly.v1+json']
+    names = {t.get('name') for t in fig['data']}
+    assert {'loss/total', 'knn/top1'} <= names
+    knn = next(t for t in fig['data'] if t.get('name') == 'knn/top1')
+    assert len(knn['y']) == 3     # initialisation + 2 epochs: the last update, not the first empty figure
+    tables = [o for o in outs if 'text/markdown' in o.get('data', {}) and '| run |' in ''.join(o['data']['text/markdown'])]
+    assert tables and 'knn/top1' in ''.join(tables[0]['data']['text/markdown'])
+    assert out.stat().st_size < 2_000_000
+    for f in ('config.json', 'metrics.jsonl', 'checkpoints/last.pt', 'backbone.pt', 'report.html'):
+        assert (run_dir / f).exists(), f
