@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 
 experiment: install
 	mkdir -p runs
-	$(BIN)/papermill nbs/train_nnclr.ipynb runs/train_nnclr.out.ipynb -k python3 $(ARGS)
+	$(BIN)/papermill nbs/train_excb.ipynb runs/train_excb.out.ipynb -k python3 $(ARGS)
 
 test: install
 	$(BIN)/nbdev_test --n_workers 2

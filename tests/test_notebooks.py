@@ -17,6 +17,7 @@ def run_notebook(name, tmp_path, **params):
 
 @pytest.mark.parametrize('name, params', [
     ('train_nnclr', dict(epochs=2, train_per_class=40, batch_size=64, queue_size=256)),
+    ('train_excb', dict(epochs=2, train_per_class=40, batch_size=64, n_clusters=16, eval_every=1)),
 ])
 def test_train_notebook_headless(tmp_path, name, params):
     run_dir = tmp_path / 'run'
@@ -34,3 +35,15 @@ def test_train_notebook_headless(tmp_path, name, params):
     assert out.stat().st_size < 2_000_000
     for f in ('config.json', 'metrics.jsonl', 'checkpoints/last.pt', 'backbone.pt', 'report.html'):
         assert (run_dir / f).exists(), f
+
+def test_excb_notebook_compares_dino(tmp_path):
+    "train_excb keeps both runs' cluster diagnostics: the side-by-side figure and the table rows."
+    nb, _ = run_notebook('train_excb', tmp_path, epochs=1, train_per_class=20, batch_size=64, n_clusters=16,
+                         eval_every=1, show_umap=False, run_dir=str(tmp_path / 'run'))
+    figs = [o['data']['application/vnd.plotly.v1+json'] for o in outputs(nb) if 'application/vnd.plotly.v1+json' in o.get('data', {})]
+    names = {t.get('name', '') for f in figs for t in f['data']}
+    assert {'excb: clusters/min_rel', 'dino: clusters/max_rel'} <= names
+    assert any(n.startswith('excb (') and 'empty)' in n for n in names) and any(n.startswith('dino (') for n in names)
+    table = next(''.join(o['data']['text/markdown']) for o in outputs(nb) if 'text/markdown' in o.get('data', {}))
+    assert '| excb |' in table and '| dino |' in table and 'clusters/empty' in table
+    assert (tmp_path / 'run-dino' / 'checkpoints' / 'last.pt').exists()
