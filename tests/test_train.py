@@ -76,6 +76,8 @@ def test_run_directory_and_backbone_export(tmp_path, digits):
     plain.eval(); run.method.eval()
     x = run.view_maker.normalize(digits.test_x[:4])
     assert torch.allclose(plain(x), run.method.embed(x), atol=1e-5)
+    acc = run.linear_probe(max_iter=200)
+    assert 0 <= acc <= 100
 
 def test_labels_never_change_the_loss(tmp_path, digits):
     "Shuffled labels: every loss value identical, only label-based monitoring changes."
