@@ -89,7 +89,8 @@ def test_labels_never_change_the_loss(tmp_path, digits):
         b = train(method, data=shuffled, run_dir=tmp_path / f'{method}b', **kw(method, epochs=1, eval_every=0))
         la = [r['loss/total'] for r in a.steps]; lb = [r['loss/total'] for r in b.steps]
         assert la == lb, method
-        assert same_state(a.method, b.method), method
+        pa, pb = dict(a.method.named_parameters()), dict(b.method.named_parameters())
+        assert all(torch.equal(pa[k], pb[k]) for k in pa), method    # buffers may hold labels for monitoring
 
 @pytest.mark.parametrize('call, match', [
     (lambda d, p: train('simclr', data=d), "choose one of \\['nnclr'"),
