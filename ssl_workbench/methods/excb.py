@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ..core import Config, ConfigError, Method, StepOutput, check_range, check_choice, l2n, split_decay
 from ..blocks import mlp, make_teacher, ema_update_, cosine_momentum, CosinePrototypes, ClusterSizeTracker
-from .dino import head_init_, pair_ce, cluster_stats, _MonitorMixin
+from ..distill import encode_by_size, head_init_, pair_ce, cluster_stats, ClusterMonitorMixin
 
 # %% auto #0
 __all__ = ['LOSS_PAIRS', 'KMEANS_INIT', 'HEADS', 'balance', 'excb_weights', 'excb_loss', 'ExCBConfig', 'spherical_kmeans', 'ExCB']
@@ -119,7 +119,7 @@ def spherical_kmeans(x, k, iters=50, restarts=3, generator=None):
 
 def _is_vit(backbone): return type(backbone).__name__ == 'VisionTransformer'
 
-class ExCB(_MonitorMixin, Method):
+class ExCB(ClusterMonitorMixin, Method):
     "ExCB: teacher–student clustering with explicit, size-based cluster balancing."
     name, config_class = 'excb', ExCBConfig
     presets = {
@@ -181,12 +181,7 @@ class ExCB(_MonitorMixin, Method):
     def _student(self, views):
         "Direct and predictor similarities (V×B×K each). Projector/predictor BN see all views together, as released."
         G, B = self.cfg.n_global, views[0].shape[0]
-        feats, i = [], 0
-        while i < len(views):                                  # one backbone pass per run of equal-size views
-            j = i
-            while j < len(views) and views[j].shape == views[i].shape: j += 1
-            feats.append(self.backbone(torch.cat(views[i:j]))); i = j
-        h = self.projector(torch.cat(feats))
+        h = self.projector(encode_by_size(self.backbone, views))
         zh = torch.cat([self.centroids(h[:G * B]),
                         self.centroids(h[G * B:], detach_weight=not self.cfg.local_centroid_grads)])
         zg = self.centroids(self.predictor(h), detach_weight=True) if self.predictor is not None else None
