@@ -1,4 +1,4 @@
-"Learning checks on real CIFAR-10 images (../shared/data/cifar10-jpeg.tar.gz, or $SSL_WORKBENCH_CIFAR)."
+"Learning checks on real CIFAR-10 images: the full JPEG archive named by $SSL_WORKBENCH_CIFAR (.ci/run sets it); skipped without it."
 import pytest, torch
 from ssl_workbench.data import load_dataset, shared_cifar_path
 from ssl_workbench.train import train

@@ -61,6 +61,7 @@ _IMAGENET = dict(dataset='folder', image_size=224, backbone='resnet50', epochs=4
 class DINO(ClusterMonitorMixin, Method):
     "DINO: cross-view cross-entropy between a centred, sharpened EMA teacher and the student."
     name, config_class = 'dino', DINOConfig
+    eval_teacher = True                 # kNN on the EMA teacher, as the paper reports
     presets = {
         'imagenet': dict(train=dict(_IMAGENET, lr=0.03),
                          method=dict(out_dim=65536, n_global=2, n_local=6, local_size=96)),

@@ -122,6 +122,7 @@ def _is_vit(backbone): return type(backbone).__name__ == 'VisionTransformer'
 class ExCB(ClusterMonitorMixin, Method):
     "ExCB: teacher–student clustering with explicit, size-based cluster balancing."
     name, config_class = 'excb', ExCBConfig
+    eval_teacher = True                 # kNN on the EMA teacher, as the paper reports
     presets = {
         'imagenet': dict(train=dict(dataset='folder', image_size=224, backbone='resnet50', epochs=400, batch_size=1024,
                                     optimizer='sgd', lr=0.15, weight_decay=1e-4, warmup_epochs=10, final_lr_frac=1e-4),
