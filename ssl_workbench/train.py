@@ -171,7 +171,7 @@ def evaluate(method, data, view_maker, cfg, amp_dtype=None):
                                                                    cfg.knn_k, cfg.knn_t)
     return out
 
-# %% ../nbs/06_train.ipynb #eb24375b
+# %% ../nbs/06_train.ipynb #da0ef395
 def _versions():
     import torchvision, ssl_workbench
     return dict(torch=torch.__version__, torchvision=torchvision.__version__, ssl_workbench=ssl_workbench.__version__,
@@ -193,7 +193,7 @@ class _Interrupts:
     def __exit__(self, *exc):
         if self.prev is not None: signal.signal(signal.SIGINT, self.prev)
 
-# %% ../nbs/06_train.ipynb #da936011
+# %% ../nbs/06_train.ipynb #3148a4f5
 RESUME_KEYS = ('device', 'progress', 'log_every')
 
 def _resume_method(conf, method):
@@ -233,7 +233,7 @@ def resolve_run(method=None, dataset=None, epochs=None, preset='small', resume=N
         raise ConfigError(f"{run_dir} already holds a run; pass resume='{run_dir}' or another run_dir")
     return M, preset, tcfg, mcfg, run_dir, None
 
-# %% ../nbs/06_train.ipynb #addcfdc8
+# %% ../nbs/06_train.ipynb #ed6b3924
 def build_run(M, preset, tcfg, mcfg, run_dir, data=None):
     "A `Run` with data on the device, backbone, method, view maker and optimiser (`run.optimizer`), nothing trained yet."
     device = get_device(tcfg.device)
@@ -285,7 +285,7 @@ def train_step(model, opt, batch, prog, tcfg, amp=None, clock=None):
     clock('optimizer')
     return out
 
-# %% ../nbs/06_train.ipynb #c4cabbce
+# %% ../nbs/06_train.ipynb #a2f533f2
 def _finish(run, tcfg):
     "Export the evaluated backbone (torchvision names) with its description, and the HTML report."
     from ssl_workbench.dashboard import write_report
