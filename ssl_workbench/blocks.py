@@ -76,8 +76,8 @@ class Queue(nn.Module):
         self.ptr = (self.ptr + n) % self.size
 
 def nn_stats(nn_labels, nn_index, labels, index):
-    "`nn/acc` (neighbour has the query's label; label −1 counts as a miss) and `nn/self_hit`."
-    return {'nn/acc': (nn_labels == labels).float().mean().item(), 'nn/self_hit': (nn_index == index).float().mean().item()}
+    "`nn/acc` (neighbour has the query's label; label −1 counts as a miss) and `nn/self_hit`, as detached tensors (no host sync)."
+    return {'nn/acc': (nn_labels == labels).float().mean(), 'nn/self_hit': (nn_index == index).float().mean()}
 
 # %% ../nbs/04_blocks.ipynb #7e85391b
 class CosinePrototypes(nn.Module):
