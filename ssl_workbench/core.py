@@ -116,7 +116,7 @@ def split_decay(named_params, weight_decay, **extra):
     return [g for g in groups if g['params']]
 
 # %% ../nbs/00_core.ipynb #2ec9c678
-METHOD_NAMES = ('nnclr', 'dino', 'excb', 'simclr')
+METHOD_NAMES = ('nnclr', 'dino', 'excb', 'simclr', 'all4one', 'barlow')
 METHOD_MODULES = {}          # names defined in another method's module, e.g. a preset-like variant
 
 def method_ref(cls) -> str:

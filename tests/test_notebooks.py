@@ -18,6 +18,7 @@ def run_notebook(name, tmp_path, **params):
 @pytest.mark.parametrize('name, params', [
     ('train_nnclr', dict(epochs=2, train_per_class=40, batch_size=64, queue_size=256)),
     ('train_excb', dict(epochs=2, train_per_class=40, batch_size=64, n_clusters=16, eval_every=1)),
+    ('train_all4one', dict(epochs=2, train_per_class=20, batch_size=64, queue_size=128)),
 ])
 def test_train_notebook_headless(tmp_path, name, params):
     run_dir = tmp_path / 'run'
