@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from ..core import Config, ConfigError, Method, StepOutput, check_range, check_choice, l2n, split_decay
-from ..blocks import mlp, Queue, nnclr_loss, nn_stats, make_teacher, ema_update_, cosine_momentum
+from ..blocks import mlp, Queue, nnclr_loss, nn_stats, make_teacher, ema_update_, cosine_momentum, embedding_std
 from ..augment import RECIPES
 
 # %% auto #0
@@ -169,7 +169,7 @@ class All4One(Method):
         loss = sum(terms.values())
         self._push = (m1, batch['labels'], batch['index'])
         stats = nn_stats(nl1[:, 0], ni1[:, 0], batch['labels'], batch['index'])
-        stats['z/std'] = (l2n(z1.detach().float()).std(0).mean() + l2n(z2.detach().float()).std(0).mean()) / 2
+        stats['z/std'] = (embedding_std(z1) + embedding_std(z2)) / 2
         return StepOutput(loss, {n: t.detach() for n, t in terms.items()}, stats)
     @torch.no_grad()
     def after_step(self, progress):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from ..core import Config, Method, StepOutput, check_range, check_choice, l2n
-from ..blocks import mlp
+from ..blocks import mlp, embedding_std
 from ..augment import RECIPES
 
 # %% auto #0
@@ -63,5 +63,5 @@ class BarlowTwins(Method):
         v1, v2 = batch['views'][:2]
         z1, z2 = self.projector(self.backbone(v1)), self.projector(self.backbone(v2))
         on, off = barlow_terms(z1, z2, self.cfg.lambd, self.cfg.scale)
-        stats = {'z/std': (l2n(z1.detach().float()).std(0).mean() + l2n(z2.detach().float()).std(0).mean()) / 2}
+        stats = {'z/std': (embedding_std(z1) + embedding_std(z2)) / 2}
         return StepOutput(on + off, {'loss/on_diag': on.detach(), 'loss/off_diag': off.detach()}, stats)
