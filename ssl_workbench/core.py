@@ -108,7 +108,7 @@ def split_decay(named_params, weight_decay, **extra):
     return [g for g in groups if g['params']]
 
 # %% ../nbs/00_core.ipynb #2ec9c678
-METHOD_NAMES = ('nnclr', 'dino', 'excb')
+METHOD_NAMES = ('nnclr', 'dino', 'excb', 'simsiam', 'adasim')
 
 def get_method_class(name):
     "The `Method` subclass called `name`."

@@ -236,6 +236,7 @@ def train(method='nnclr', dataset=None, epochs=None, preset='small', resume=None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / 'config.json').write_text(json.dumps(config, indent=1))
     gen = torch.Generator(device=device); gen.manual_seed(tcfg.seed)
+    if hasattr(model, 'bind'): model.bind(data, vm, gen)   # methods that read training images by index (AdaSim): fresh runs and resumes alike
     spe = n // B
     prog = Progress(step=0, epoch=0, steps_per_epoch=spe, epochs=tcfg.epochs)
     start_epoch, start_it = 0, 0

@@ -16,4 +16,6 @@ METHOD_TINY = {
     'nnclr': dict(queue_size=256),
     'dino': dict(),
     'excb': dict(),
+    'simsiam': dict(),
+    'adasim': dict(window=1, topk=3),      # bootstraps in the second epoch: resume covers a full window
 }
