@@ -92,7 +92,7 @@ class Method(nn.Module):
         "How many views an EMA teacher backbone also encodes (for the step benchmark)."
         return 0
     def setup(self, data, view_maker, device): pass
-    def bind(self, data, view_maker, device): pass
+    def bind(self, data, view_maker, generator): pass
     def training_step(self, batch, progress) -> StepOutput: raise NotImplementedError
     def after_step(self, progress): pass
     def on_epoch_end(self, progress) -> dict: return {}
@@ -116,7 +116,7 @@ def split_decay(named_params, weight_decay, **extra):
     return [g for g in groups if g['params']]
 
 # %% ../nbs/00_core.ipynb #2ec9c678
-METHOD_NAMES = ('nnclr', 'dino', 'excb', 'simclr', 'all4one', 'barlow')
+METHOD_NAMES = ('nnclr', 'dino', 'excb', 'simclr', 'all4one', 'barlow', 'simsiam', 'adasim')
 METHOD_MODULES = {}          # names defined in another method's module, e.g. a preset-like variant
 
 def method_ref(cls) -> str:

@@ -320,7 +320,7 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
         start_epoch, start_it, prog.step, partial = ck['epoch'], ck['iter'], ck['step'], ck['partial']
     else:
         model.setup(data, vm, device)
-    model.bind(data, vm, device)
+    model.bind(data, vm, gen)
     log = open(run_dir / 'metrics.jsonl', 'w')
     for r in run.history: log.write(json.dumps(r) + '\n')
     def record(r):

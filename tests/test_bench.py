@@ -11,7 +11,7 @@ def test_bench_augment_cli():
     assert 'ViewMaker on cpu' in out and 'ratio on-device / reference' in out
 
 def test_bench_step_cli():
-    for method in ('nnclr', 'excb', 'dino', 'all4one', 'barlow'):
+    for method in ('nnclr', 'excb', 'dino', 'simclr', 'all4one', 'barlow', 'simsiam', 'adasim'):
         out = run('step', '--method', method, '--backbone', 'convnet', '--preset', 'small', '--batch-size', '16',
                   '--image-size', '16', '--steps', '1', '--warmup', '1')
         assert 'ratio step / backbone passes' in out and method in out

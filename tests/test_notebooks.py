@@ -19,6 +19,7 @@ def run_notebook(name, tmp_path, **params):
     ('train_nnclr', dict(epochs=2, train_per_class=40, batch_size=64, queue_size=256)),
     ('train_excb', dict(epochs=2, train_per_class=40, batch_size=64, n_clusters=16, eval_every=1)),
     ('train_all4one', dict(epochs=2, train_per_class=20, batch_size=64, queue_size=128)),
+    ('train_adasim', dict(epochs=2, dataset='digits', train_per_class=20, batch_size=64, window=1, topk=3, n_queries=2)),
 ])
 def test_train_notebook_headless(tmp_path, name, params):
     run_dir = tmp_path / 'run'
@@ -48,3 +49,17 @@ def test_excb_notebook_compares_dino(tmp_path):
     table = next(''.join(o['data']['text/markdown']) for o in outputs(nb) if 'text/markdown' in o.get('data', {}))
     assert '| excb |' in table and '| dino |' in table and 'clusters/empty' in table
     assert (tmp_path / 'run-dino' / 'checkpoints' / 'last.pt').exists()
+
+def test_adasim_notebook_compares_variants(tmp_path):
+    "train_adasim trains base, +NN and +AdaSim at the same budget and keeps the per-epoch diagnostics and the neighbour grid."
+    nb, _ = run_notebook('train_adasim', tmp_path, epochs=2, dataset='digits', train_per_class=20, batch_size=64,
+                         window=1, topk=3, n_queries=2, base='simsiam', run_dir=str(tmp_path / 'run'))
+    figs = [o['data']['application/vnd.plotly.v1+json'] for o in outputs(nb) if 'application/vnd.plotly.v1+json' in o.get('data', {})]
+    diag = next(f for f in figs if 'AdaSim diagnostics' in str(f['layout'].get('title', '')))
+    names = {t.get('name') for t in diag['data']}
+    assert names == {'simsiam', 'simsiam + NN', 'simsiam + AdaSim'}
+    grid = next(f for f in figs if 'p_win' in str(f['layout'].get('title', '')))
+    assert sum(t['type'] == 'image' for t in grid['data']) >= 2
+    table = next(''.join(o['data']['text/markdown']) for o in outputs(nb) if 'text/markdown' in o.get('data', {}) and '| run |' in ''.join(o['data']['text/markdown']))
+    assert '| simsiam + AdaSim |' in table and '| simsiam + NN |' in table and 'bootstrap/ratio' in table
+    for v in ('nn', 'none'): assert (tmp_path / f'run-{v}' / 'checkpoints' / 'last.pt').exists()
