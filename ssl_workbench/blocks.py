@@ -86,13 +86,15 @@ def nn_stats(nn_labels, nn_index, labels, index):
 
 # %% ../nbs/04_blocks.ipynb #7e85391b
 class CosinePrototypes(nn.Module):
-    "Cosine similarities of inputs to K learned prototypes."
+    "Cosine similarities of inputs to K learned prototypes, computed in (at least) fp32 also under autocast."
     def __init__(self, dim, k):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(k, dim) / math.sqrt(dim))
     def forward(self, x, detach_weight=False):
         w = self.weight.detach() if detach_weight else self.weight
-        return l2n(x) @ l2n(w).T
+        dt = torch.promote_types(torch.promote_types(x.dtype, w.dtype), torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            return l2n(x.to(dt)) @ l2n(w.to(dt)).T
 
 # %% ../nbs/04_blocks.ipynb #93d7e9ca
 def nnclr_loss(a, b, tau=0.2):

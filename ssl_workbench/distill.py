@@ -34,8 +34,9 @@ def head_init_(module):
 def pair_ce(p_t, student_logits, student_temp):
     "Matrix (U × V) of batch-mean cross-entropies H(p_t[u], softmax(s[v]/τ_s)); `p_t` U×B×K, `student_logits` V×B×K."
     dt = torch.promote_types(torch.promote_types(student_logits.dtype, p_t.dtype), torch.float32)  # ≥ fp32 under autocast
-    logp = F.log_softmax(student_logits.to(dt) / student_temp, dim=-1)
-    return -torch.einsum('ubk,vbk->uv', p_t.to(dt), logp) / p_t.shape[1]
+    with torch.autocast(p_t.device.type, enabled=False):
+        logp = F.log_softmax(student_logits.to(dt) / student_temp, dim=-1)
+        return -torch.einsum('ubk,vbk->uv', p_t.to(dt), logp) / p_t.shape[1]
 
 @torch.no_grad()
 def cluster_stats(p_t, tracker, pre_argmax):

@@ -68,9 +68,9 @@ class DINO(ClusterMonitorMixin, Method):
         'cifar': dict(train=dict(dataset='cifar10', backbone='resnet18', epochs=400, batch_size=256, optimizer='sgd',
                                  lr=0.03, weight_decay=1e-4, warmup_epochs=10),
                       method=dict(out_dim=2048, augment='cifar', n_global=2, n_local=0)),
-        'small': dict(train=dict(backbone='convnet', epochs=20, batch_size=128, optimizer='sgd', lr=0.3,
+        'small': dict(train=dict(backbone='convnet', epochs=5, batch_size=64, optimizer='sgd', lr=0.3,
                                  weight_decay=1e-5, warmup_epochs=2),
-                      method=dict(out_dim=64, hidden_dim=512, bottleneck_dim=128, augment='cifar', n_global=2,
+                      method=dict(out_dim=256, hidden_dim=512, bottleneck_dim=128, augment='cifar', n_global=2,
                                   n_local=0, warmup_teacher_temp_epochs=5, size_momentum=0.99))}
     def __init__(self, cfg, backbone, batch_size=256, n_train=None):
         super().__init__(cfg, backbone, batch_size, n_train)
