@@ -104,7 +104,7 @@ class TrainConfig(Config):
         for k in ('epochs', 'batch_size', 'knn_k', 'log_every'): check_range(k, getattr(self, k), 1)
         for k in ('lr', 'knn_t'): check_range(k, getattr(self, k), 0, lo_open=True)
         for k in ('weight_decay', 'warmup_epochs', 'final_lr_frac', 'eval_every'): check_range(k, getattr(self, k), 0)
-        check_range('momentum', self.momentum, 0, 1)
+        check_range('momentum', self.momentum, 0, 1); check_range('seed', self.seed, 0, 2**32 - 1)
         if self.grad_clip is not None: check_range('grad_clip', self.grad_clip, 0, lo_open=True)
 
 # %% ../nbs/06_train.ipynb #ce662923
@@ -443,9 +443,9 @@ def _resume_method(conf, method):
 
 def resolve_run(method=None, dataset=None, epochs=None, preset='small', resume=None, overrides=None):
     "(method class, preset, train config, method config, run dir, checkpoint or None) for a new or resumed run."
-    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in dict(overrides or {}).items()}
+    overrides = {k: str(v) if isinstance(v, (Path, torch.device)) else v for k, v in dict(overrides or {}).items()}
     if resume is not None:
-        ck_path = Path(resume)
+        ck_path = Path(resume).expanduser()
         if ck_path.is_dir(): ck_path = ck_path / 'checkpoints' / 'last.pt'
         if not ck_path.exists(): raise FileNotFoundError(f"no checkpoint at {ck_path}; pass the run directory of an earlier run")
         ck = load_checkpoint(ck_path)
@@ -459,7 +459,7 @@ def resolve_run(method=None, dataset=None, epochs=None, preset='small', resume=N
     if dataset is not None: overrides['dataset'] = dataset
     if epochs is not None: overrides['epochs'] = epochs
     tcfg, mcfg = resolve_configs(M, preset, **overrides)
-    run_dir = Path(tcfg.run_dir or f"runs/{M.name}-{tcfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(tcfg.run_dir or f"runs/{M.name}-{tcfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}").expanduser()
     if tcfg.run_dir is not None: check_run_dir(run_dir)
     return M, preset, tcfg, mcfg, run_dir, None
 
@@ -538,7 +538,7 @@ def _load_state(run, ck, ck_file):
     if diff: raise ConfigError(f"the data is not the data this run was trained on ({'; '.join(diff)}); resume with the same data")
     try: run.method.load_state_dict(ck['method']); run.optimizer.load_state_dict(ck['optimizer'])
     except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {ck_file} does not fit this {run.method_name} run: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint {ck_file} does not fit this {run.method_name} run: {' '.join(str(e).split())[:400]}") from None
 
 def _as_callbacks(callbacks):
     hooks = ('on_train_start', 'on_log', 'on_epoch_end', 'on_train_end')

@@ -206,6 +206,8 @@ def _damaged(tmp_path, finished_run, mutate):
      r'last\.pt is damaged: its entry .* fails the archive.s CRC-32'),
     ('foreign', lambda f: torch.save({'state_dict': {'w': torch.ones(2)}}, f), r'last\.pt is not an ssl_workbench training checkpoint'),
     ('pickle', lambda f: torch.save({'obj': Path('x')}, f), r'last\.pt holds Python objects .* refusing to unpickle'),
+    ('misfit', lambda f: torch.save({**(c := torch.load(f, weights_only=True)), 'method': dict(list(c['method'].items())[1:])}, f),
+     r'last\.pt does not fit this nnclr run: .*Missing key'),
     ('nan', lambda f: torch.save({**(c := torch.load(f, weights_only=True)),
                                   'method': {k: v * float('nan') if torch.is_tensor(v) and v.is_floating_point() else v
                                              for k, v in c['method'].items()}}, f),
@@ -235,6 +237,7 @@ def test_resume_checks_method_and_data(tmp_path, finished_run):
     (dict(progress='no'), r"progress='no' is str, not True or False"),
     (dict(queue_size=256.0), r'queue_size=256\.0 is float, not an integer'),
     (dict(temperature='0.1'), r"temperature='0\.1' is str"),
+    (dict(seed=-1), r'seed=-1 is out of range; allowed: \[0, 4294967295\]'),
 ])
 def test_config_types_are_checked_with_the_key(tmp_path, bad, match):
     with pytest.raises(ConfigError, match=match):
