@@ -198,8 +198,11 @@ def first_nonfinite(obj):
     "The name of the first floating tensor in `obj` (nested dicts / lists) holding NaN or ±inf, else None (one host sync)."
     named = [(n, t) for n, t in _tensors(obj) if t.is_floating_point() or t.is_complex()]
     if not named: return None
-    ok = torch.stack([t.isfinite().all().to('cpu', non_blocking=True) for _, t in named]).tolist()
-    return next((n for (n, _), good in zip(named, ok) if not good), None)
+    ok = {}
+    for dev in {t.device for _, t in named}:     # one stack and one copy per device
+        idx = [i for i, (_, t) in enumerate(named) if t.device == dev]
+        ok.update(zip(idx, torch.stack([named[i][1].isfinite().all() for i in idx]).tolist()))
+    return next((named[i][0] for i in range(len(named)) if not ok[i]), None)
 
 def save_checkpoint(path, run, opt, gen, epoch, it, step, partial=None):
     "Atomically write everything needed to resume exactly (`partial`: mid-epoch metric accumulators), if all of it is finite."
