@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #12f9f7ca
 from __future__ import annotations
-import hashlib, io, json, os, tarfile, warnings
+import hashlib, io, json, os, tarfile, warnings, zipfile, zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 import ssl_workbench
 
 # %% auto #0
-__all__ = ['DATASETS', 'EMBEDDED', 'IMAGE_EXTENSIONS', 'ImageData', 'default_root', 'embedded_path', 'shared_cifar_path',
-           'load_dataset', 'place']
+__all__ = ['DATASETS', 'EMBEDDED', 'IMAGE_EXTENSIONS', 'ImageData', 'check_image_data', 'default_root', 'embedded_path',
+           'shared_cifar_path', 'load_dataset', 'place']
 
 # %% ../nbs/01_data.ipynb #b83fce95
 DATASETS = ("cifar10_5k", "digits", "cifar10", "cifar100", "stl10", "folder", "npz")
@@ -72,6 +72,35 @@ def _make(name, train_x, train_y, test_x, test_y, classes, mean=None, std=None):
     "Build an `ImageData`, computing the statistics from `train_x` unless given."
     if mean is None: mean, std = _channel_stats(train_x)
     return ImageData(name, train_x, train_y.long(), test_x, test_y.long(), list(classes), tuple(mean), tuple(std))
+
+# %% ../nbs/01_data.ipynb #5ecfa70a
+def check_image_data(data: ImageData, source=None):
+    """Raise a `ValueError` naming `source` and the fix unless `data` is consistent: uint8 N×3×H×W square images of one
+    size in both splits, one integer label per image, labels in 0..C−1 for the C class names, two classes or more."""
+    src = source or f"dataset {data.name!r}"
+    C = len(data.classes)
+    for split in ("train", "test"):
+        x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+        if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] == 3 and x.shape[2] == x.shape[3]):
+            raise ValueError(f"{src}: {split}_x must be a uint8 N×3×H×W tensor of square images, got "
+                             f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__} {getattr(x, 'dtype', '')}")
+        if not (torch.is_tensor(y) and y.ndim == 1 and not y.is_floating_point() and y.dtype != torch.bool):
+            raise ValueError(f"{src}: {split}_y must be a 1-D integer tensor of class indices, got "
+                             f"{tuple(y.shape) if torch.is_tensor(y) else type(y).__name__} {getattr(y, 'dtype', '')}")
+        if len(x) != len(y): raise ValueError(f"{src}: {len(x)} {split} images but {len(y)} {split} labels; every image needs one label")
+        if len(x) == 0: raise ValueError(f"{src}: the {split} split has no images")
+        out = (y < 0) | (y >= C)
+        if out.any():
+            raise ValueError(f"{src}: {split} labels must be class indices in 0..{C - 1} ({C} class names); found "
+                             f"{sorted(set(y[out].tolist()))[:5]} in {int(out.sum())} labels. Map the labels to 0..C−1 "
+                             f"(and give one class name per index)")
+    if data.train_x.shape[1:] != data.test_x.shape[1:]:
+        raise ValueError(f"{src}: train images are {tuple(data.train_x.shape[1:])}, test images {tuple(data.test_x.shape[1:])}; "
+                         f"pass image_size=... to bring both to one size")
+    if C < 2 or len(data.train_y.unique()) < 2:
+        raise ValueError(f"{src}: all training images are in one class ({data.classes[int(data.train_y[0])] if C else '?'!r}); "
+                         f"the loader needs two classes or more (labels only feed the kNN monitor). For a folder the layout "
+                         f"is train/<class>/<images>: check that the images sit one level below their class folder")
 
 # %% ../nbs/01_data.ipynb #b8688e63
 def _repo() -> Path: return Path(ssl_workbench.__file__).resolve().parents[1]
@@ -146,7 +175,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 _SPLITS = ("train", "test", "val")
 _LAYOUT = "train/<class>/<images> and test/<class>/<images> (or val/<class>/...), as a directory or a .tar/.tar.gz/.tgz"
 
-def _is_image(name): return name.lower().endswith(IMAGE_EXTENSIONS)
+def _is_image(name): return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")  # not ._x.jpg (macOS)
+
+def _hidden(name): return name.startswith(".") or name == "__MACOSX"  # .ipynb_checkpoints, .DS_Store, macOS archives
 
 def _keep_first(items, n):
     "Sort (name, data) pairs by name and keep the first n (all if n is None)."
@@ -161,33 +192,53 @@ def _scan_dir(path, per_split):
         if not d.is_dir(): continue
         out[split] = {c.name: _keep_first([(f.name, f) for f in c.iterdir() if f.is_file() and _is_image(f.name)],
                                           per_split.get(split))
-                      for c in d.iterdir() if c.is_dir()}
+                      for c in d.iterdir() if c.is_dir() and not _hidden(c.name)}
     return out
 
 def _scan_tar(path, per_split):
     "{split: {class: [(name, bytes)]}} from one pass over a tar archive."
     out = {}
-    with tarfile.open(path, "r:*") as tf:
-        for m in tf:
-            parts = m.name.rstrip("/").split("/")
-            if m.isdir() and len(parts) >= 2 and parts[-2] in _SPLITS:  # a class folder, maybe empty
-                out.setdefault(parts[-2], {}).setdefault(parts[-1], [])
-            if len(parts) < 3 or parts[-3] not in _SPLITS or not (m.isfile() and _is_image(parts[-1])): continue
-            split, cls, fname = parts[-3:]
-            items = out.setdefault(split, {}).setdefault(cls, [])
-            items.append((fname, tf.extractfile(m).read()))
-            n = per_split.get(split)
-            if n is not None and len(items) > 2 * n + 64: items[:] = _keep_first(items, n)
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            for m in tf:
+                parts = m.name.rstrip("/").split("/")
+                if any(_hidden(p) for p in parts if p != "."): continue
+                if m.isdir() and len(parts) >= 2 and parts[-2] in _SPLITS:  # a class folder, maybe empty
+                    out.setdefault(parts[-2], {}).setdefault(parts[-1], [])
+                if len(parts) < 3 or parts[-3] not in _SPLITS or not (m.isfile() and _is_image(parts[-1])): continue
+                split, cls, fname = parts[-3:]
+                items = out.setdefault(split, {}).setdefault(cls, [])
+                items.append((fname, tf.extractfile(m).read()))
+                n = per_split.get(split)
+                if n is not None and len(items) > 2 * n + 64: items[:] = _keep_first(items, n)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise ValueError(f"the archive {path} is damaged or cut short ({type(e).__name__}: {e or 'unexpected end of data'}); "
+                         f"download or create it again") from None
     for split, d in out.items():
         for c in d: d[c] = _keep_first(d[c], per_split.get(split))
     return out
 
 # %% ../nbs/01_data.ipynb #3e199737
+def _to_rgb8(im):
+    "A PIL image in any mode and bit depth as an 8-bit RGB image (EXIF orientation applied, transparency on white)."
+    from PIL import Image, ImageOps
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I") or im.mode == "F":
+        a = np.asarray(im).astype(np.float64)
+        scale = (257.0 if im.mode.startswith("I;16") or (im.mode == "I" and a.max(initial=0) > 255) else
+                 1 / 255 if im.mode == "F" and a.size and a.min() >= 0 and a.max() <= 1 else 1.0)
+        im = Image.fromarray(np.clip(np.round(a / scale), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("RGB")
+
 def _decode_image(data, image_size=None):
     "Decode image bytes (or a path) to an H×W×3 uint8 array, optionally resized+centre-cropped to a square."
     from PIL import Image
     with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as im:
-        im = im.convert("RGB")
+        im = _to_rgb8(im)
         if image_size is not None and im.size != (image_size, image_size):
             w, h = im.size
             s = image_size / min(w, h)
@@ -197,12 +248,16 @@ def _decode_image(data, image_size=None):
             im = im.crop((l, t, l + image_size, t + image_size))
         return np.asarray(im)
 
-def _decode_split(classes, files, image_size, where):
-    "Decode {class: [(name, data)]} into (uint8 N×3×H×W, int64 N)."
+def _decode_split(classes, files, image_size, where, source=""):
+    "Decode {class: [(name, data)]} into (uint8 N×3×H×W, int64 N); a file that fails is named with `source`."
     arrs, ys, names = [], [], []
     for i, c in enumerate(classes):
         for fname, data in files[c]:
-            arrs.append(_decode_image(data, image_size)); ys.append(i); names.append(f"{where}/{c}/{fname}")
+            try: arrs.append(_decode_image(data, image_size))
+            except Exception as e:
+                raise ValueError(f"cannot decode the image {where}/{c}/{fname} in {source} ({type(e).__name__}: {e}); "
+                                 f"the file is damaged or not an image: replace or remove it") from None
+            ys.append(i); names.append(f"{where}/{c}/{fname}")
     if not arrs: raise ValueError(f"no images found under {where}/ (expected {_LAYOUT})")
     shapes = {a.shape for a in arrs}
     if len(shapes) > 1:
@@ -222,12 +277,15 @@ def _load_folder(path, train_per_class=None, test_per_class=None, image_size=Non
     test_split = "test" if "test" in tree else "val" if "val" in tree else None
     if test_split is None: raise FileNotFoundError(f"no test/ or val/ folder in {path}; expected {_LAYOUT}")
     classes = sorted(tree["train"])
+    if len(classes) < 2:
+        raise ValueError(f"train/ in {path} has {len(classes)} class folder(s) {classes}; expected {_LAYOUT} with two classes "
+                         f"or more (labels only feed the kNN monitor): are the images one folder level too high or too deep?")
     if sorted(tree[test_split]) != classes:
         a, b = set(classes), set(tree[test_split])
         raise ValueError(f"{test_split}/ and train/ in {path} have different classes: only in train: "
                          f"{sorted(a - b)}, only in {test_split}: {sorted(b - a)}")
-    train_x, train_y = _decode_split(classes, tree["train"], image_size, "train")
-    test_x, test_y = _decode_split(classes, tree[test_split], image_size, test_split)
+    train_x, train_y = _decode_split(classes, tree["train"], image_size, "train", path)
+    test_x, test_y = _decode_split(classes, tree[test_split], image_size, test_split, path)
     if train_x.shape[1:] != test_x.shape[1:]:
         raise ValueError(f"train images are {tuple(train_x.shape[1:])} but {test_split} images are "
                          f"{tuple(test_x.shape[1:])}; pass image_size=... to bring both to one size")
@@ -244,27 +302,58 @@ def _to_nchw_uint8(x, what="x"):
         elif not chw: raise ValueError(f"{what} has shape {x.shape}: expected N×H×W, N×H×W×C or N×C×H×W with C in (1, 3)")
     else: raise ValueError(f"{what} has shape {x.shape}: expected N×H×W, N×H×W×C or N×C×H×W")
     if np.issubdtype(x.dtype, np.floating):
+        if x.size and not np.isfinite(x).all(): raise ValueError(f"float {what} holds NaN or inf")
         if x.size and (x.min() < 0 or x.max() > 1): raise ValueError(f"float {what} must be in [0, 1]")
         x = np.round(x * 255)
+    elif not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
+        raise ValueError(f"{what} has dtype {x.dtype}: expected uint8 (0..255) or float in [0, 1]")
     elif x.dtype != np.uint8 and x.size and (x.min() < 0 or x.max() > 255):
         raise ValueError(f"integer {what} must be in 0..255")
     t = torch.from_numpy(np.ascontiguousarray(x.astype(np.uint8, copy=False)))
     return t.expand(-1, 3, -1, -1).contiguous() if t.shape[1] == 1 else t
 
+def _labels(y, what):
+    "Integer class indices as an int64 tensor (a 1-D array, or N×1), or a clear error."
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1: y = y[:, 0]
+    if y.ndim != 1: raise ValueError(f"{what} has shape {y.shape}: expected one class index per image (shape N)")
+    if np.issubdtype(y.dtype, np.floating) and y.size and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise ValueError(f"{what} holds non-integer values (e.g. {y[~np.isfinite(y) | (y != np.round(y))][0]}); expected class indices 0..C−1")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise ValueError(f"{what} has dtype {y.dtype}: expected integer class indices 0..C−1 (give names in 'classes')")
+    return torch.from_numpy(y.astype(np.int64))
+
 def _load_npz(path, image_size=None, seed=0):
-    with np.load(path, allow_pickle=False) as z:
-        keys = set(z.files)
-        if not {"x", "y"} <= keys: raise ValueError(f"{path} must hold arrays 'x' and 'y' (has {sorted(keys)})")
-        if ("x_test" in keys) != ("y_test" in keys): raise ValueError(f"{path}: give both 'x_test' and 'y_test' or neither")
-        x, y = _to_nchw_uint8(z["x"]), torch.from_numpy(np.asarray(z["y"]).astype(np.int64)).reshape(-1)
-        if "x_test" in keys:
-            tx, ty = _to_nchw_uint8(z["x_test"], "x_test"), torch.from_numpy(np.asarray(z["y_test"]).astype(np.int64)).reshape(-1)
-        else:
-            tr, te = _stratified_split(y.numpy(), seed)
-            x, y, tx, ty = x[tr], y[tr], x[te], y[te]
-        n = int(max(y.max(), ty.max() if len(ty) else 0)) + 1
-        classes = [str(c) for c in z["classes"]] if "classes" in keys else [str(i) for i in range(n)]
-    if len(x) != len(y) or len(tx) != len(ty): raise ValueError(f"{path}: images and labels differ in length")
+    try: z = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"{path} cannot be read as an .npz of plain arrays ({type(e).__name__}: {e}); it is damaged, or not "
+                         f"written by np.savez(path, x=..., y=...) (pickled objects are refused)") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array, not an .npz archive; write it with np.savez(path, x=..., y=...)")
+    try:
+        with z:
+            keys = set(z.files)
+            if not {"x", "y"} <= keys: raise ValueError(f"{path} must hold arrays 'x' and 'y' (has {sorted(keys)})")
+            if ("x_test" in keys) != ("y_test" in keys): raise ValueError(f"{path}: give both 'x_test' and 'y_test' or neither")
+            x, y = _to_nchw_uint8(z["x"]), _labels(z["y"], "y")
+            if len(x) != len(y): raise ValueError(f"{path}: x has {len(x)} images but y has {len(y)} labels; they must match one to one")
+            if "x_test" in keys:
+                tx, ty = _to_nchw_uint8(z["x_test"], "x_test"), _labels(z["y_test"], "y_test")
+                if len(tx) != len(ty):
+                    raise ValueError(f"{path}: x_test has {len(tx)} images but y_test has {len(ty)} labels; they must match one to one")
+            else:
+                try: tr, te = _stratified_split(y.numpy(), seed)
+                except ValueError as e:
+                    raise ValueError(f"{path}: no x_test/y_test, and the stratified 80/20 split fails ({e}); "
+                                     f"add x_test and y_test, or more images per class") from None
+                x, y, tx, ty = x[tr], y[tr], x[te], y[te]
+            n = int(max(y.max(), ty.max() if len(ty) else 0)) + 1 if len(y) else 0
+            classes = [str(c) for c in z["classes"]] if "classes" in keys else [str(i) for i in range(n)]
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{path} is damaged: an array cannot be read ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        if str(path) in str(e): raise
+        raise ValueError(f"{path}: {e}") from None
     if x.shape[-1] != x.shape[-2] and image_size is None:
         raise ValueError(f"{path}: images are {x.shape[-1]}×{x.shape[-2]}, not square; pass image_size=...")
     return _square(x, image_size), y, _square(tx, image_size), ty, classes
@@ -295,35 +384,37 @@ def _load_torchvision(name, src, download=False):
     return *xy(tr), *xy(te), list(tr.classes)
 
 # %% ../nbs/01_data.ipynb #25a7b1ec
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
-def _fingerprint(p: Path, deep=False):
-    "Size and mtime of a file; for a directory, of its entries two levels down (all files when `deep`)."
+def _fingerprint(p: Path):
+    "Size and mtime of a file; for a directory, of every file and folder below it."
     if p.is_file(): st = p.stat(); return [st.st_size, st.st_mtime_ns]
-    entries = p.rglob("*") if deep else [p, *p.glob("*"), *p.glob("*/*")]
-    return sorted([str(e.relative_to(p)), e.stat().st_size if e.is_file() else 0, e.stat().st_mtime_ns]
-                  for e in entries if deep or e.is_dir())
+    def entry(e): st = e.stat(); return [str(e.relative_to(p)), st.st_size if e.is_file() else 0, st.st_mtime_ns]
+    return sorted(entry(e) for e in p.rglob("*"))
 
-def _cache_file(root, name, src, deep, **opts):
-    key = json.dumps([_CACHE_VERSION, name, str(src.resolve()), _fingerprint(src, deep), opts], sort_keys=True)
+def _cache_file(root, name, src, **opts):
+    key = json.dumps([_CACHE_VERSION, name, str(src.resolve()), _fingerprint(src), opts], sort_keys=True)
     return Path(root) / "cache" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
 
 def _save_cache(f, data):
-    f.parent.mkdir(parents=True, exist_ok=True)
     tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")
     try:
+        f.parent.mkdir(parents=True, exist_ok=True)
         torch.save(dict(data._tensors(), name=data.name, classes=list(data.classes),
                         mean=torch.tensor(data.mean, dtype=torch.float64), std=torch.tensor(data.std, dtype=torch.float64)), tmp)
         os.replace(tmp, f)
-    except OSError as e:
-        warnings.warn(f"could not write the dataset cache {f}: {e}")
-        tmp.unlink(missing_ok=True)
+    except (OSError, RuntimeError) as e:
+        warnings.warn(f"could not write the dataset cache {f} ({e}); the data loaded, but the next load decodes it again. "
+                      f"Set $SSL_WORKBENCH_DATA or root=... to a writable folder to cache it")
+        try: tmp.unlink(missing_ok=True)
+        except OSError: pass
 
 def _load_cache(f):
-    try: d = torch.load(f, weights_only=True)
+    try:
+        d = torch.load(f, weights_only=True)
+        return _make(d["name"], d["train_x"], d["train_y"], d["test_x"], d["test_y"], d["classes"],
+                     tuple(d["mean"].tolist()), tuple(d["std"].tolist()))
     except Exception: return None
-    return _make(d["name"], d["train_x"], d["train_y"], d["test_x"], d["test_y"], d["classes"],
-                 tuple(d["mean"].tolist()), tuple(d["std"].tolist()))
 
 # %% ../nbs/01_data.ipynb #a19f054c
 def load_dataset(name="cifar10_5k", path=None, root=None, download=False,
@@ -333,12 +424,14 @@ def load_dataset(name="cifar10_5k", path=None, root=None, download=False,
     for k, v in dict(train_per_class=train_per_class, test_per_class=test_per_class, image_size=image_size).items():
         if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
             raise ValueError(f"{k} must be a positive int or None, got {v!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool): raise ValueError(f"seed must be an int, got {seed!r}")
     def subset(x, y, n):
         i = torch.from_numpy(_first_per_class(y.numpy(), n))
         return (x[i], y[i]) if n is not None else (x, y)
     if name == "digits":
         x, y, tx, ty, classes = _load_digits(image_size, seed)
-        return _make(name, *subset(x, y, train_per_class), *subset(tx, ty, test_per_class), classes)
+        data = _make(name, *subset(x, y, train_per_class), *subset(tx, ty, test_per_class), classes)
+        check_image_data(data, "digits"); return data
 
     root = Path(root).expanduser() if root is not None else default_root()
     if name == "cifar10_5k":
@@ -352,13 +445,12 @@ def load_dataset(name="cifar10_5k", path=None, root=None, download=False,
             raise FileNotFoundError(f"{src} does not exist; expected " +
                                     (_LAYOUT if name == "folder" else "a .npz file with arrays x, y [, x_test, y_test, classes]"))
         if name == "folder" and src.is_file() and not tarfile.is_tarfile(src):
-            raise ValueError(f"{src} is neither a directory nor a tar archive; expected {_LAYOUT}")
+            raise ValueError(f"{src} is neither a directory nor a tar archive (or it is damaged); expected {_LAYOUT}")
     else: src = Path(path).expanduser() if path is not None else root / name
-    deep = name in ("cifar10", "cifar100", "stl10")
     opts = dict(train_per_class=train_per_class, test_per_class=test_per_class, image_size=image_size,
                 seed=seed if name == "npz" else None)
     if src.exists():
-        cf = _cache_file(root, name, src, deep, **opts)
+        cf = _cache_file(root, name, src, **opts)
         if cf.exists() and (d := _load_cache(cf)) is not None: return d
 
     if name in ("folder", "cifar10_5k"):
@@ -368,7 +460,8 @@ def load_dataset(name="cifar10_5k", path=None, root=None, download=False,
                                  _load_torchvision(name, src, download))
         if name != "npz": x, tx = _square(x, image_size), _square(tx, image_size)
         data = _make(name, *subset(x, y, train_per_class), *subset(tx, ty, test_per_class), classes)
-    _save_cache(_cache_file(root, name, src, deep, **opts), data)
+    check_image_data(data, f"{name} data from {src}")
+    _save_cache(_cache_file(root, name, src, **opts), data)
     return data
 
 # %% ../nbs/01_data.ipynb #e6b43421

@@ -4,24 +4,62 @@
 
 # %% ../nbs/06_train.ipynb #2d944e99
 from __future__ import annotations
-import json, math, os, signal, threading, time, platform
-from dataclasses import dataclass
+import itertools, json, math, numbers, os, signal, threading, time, platform, types, typing, warnings, zipfile
+import numpy as np
+from dataclasses import dataclass, fields
 from pathlib import Path
 import torch
 import torch.nn as nn
 from tqdm.std import tqdm
 from .core import (Config, ConfigError, Progress, check_choice, check_range, get_device, seed_everything,
                                 get_method_class, method_ref)
-from .data import load_dataset, place, DATASETS, ImageData
+from .data import load_dataset, place, check_image_data, DATASETS, ImageData
 from .augment import ViewMaker
 from .backbones import make_backbone, BACKBONES
 from .blocks import LARS, warmup_cosine
 from .metrics import extract_features, knn_accuracy
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'PRECISIONS', 'RESUME_KEYS', 'TrainConfig', 'resolve_configs', 'build_optimizer', 'set_schedule',
-           'NonFiniteLossError', 'Run', 'save_checkpoint', 'load_checkpoint', 'method_features', 'evaluate',
-           'resolve_run', 'build_run', 'make_batch', 'train_step', 'train']
+__all__ = ['OPTIMIZERS', 'PRECISIONS', 'CHECKPOINT_KEYS', 'MAX_WEIGHT_GROWTH', 'LOSS_BLOWUP', 'RUN_FILES', 'RESUME_KEYS',
+           'check_type', 'check_types', 'TrainConfig', 'resolve_configs', 'build_optimizer', 'set_schedule',
+           'DivergenceError', 'NonFiniteLossError', 'CheckpointError', 'Run', 'first_nonfinite', 'save_checkpoint',
+           'load_checkpoint', 'method_features', 'evaluate', 'NumericGuard', 'check_run_dir', 'claim_run_dir',
+           'release_run_dir', 'resolve_run', 'build_run', 'make_batch', 'train_step', 'train']
+
+# %% ../nbs/06_train.ipynb #68bee59e
+_KINDS = {int: 'an integer', float: 'a finite number', bool: 'True or False', str: 'a string'}
+
+def _field_kinds(cls):
+    "{field: (type, optional)} for the int / float / bool / str fields of config dataclass `cls` (others unchecked)."
+    try: hints = typing.get_type_hints(cls)
+    except Exception: return {}
+    out = {}
+    for f in fields(cls):
+        t = hints.get(f.name)
+        args = typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) else (t,)
+        base = [a for a in args if a is not type(None)]
+        if len(base) == 1 and base[0] in _KINDS: out[f.name] = (base[0], type(None) in args)
+    return out
+
+def check_type(name, value, kind, optional=False):
+    "`value` as a plain Python `kind` (int, float, bool or str), or `ConfigError` naming `name` and what is allowed."
+    if value is None and optional: return None
+    is_bool = isinstance(value, (bool, np.bool_))
+    ok = {bool: is_bool, str: isinstance(value, str), int: isinstance(value, numbers.Integral) and not is_bool,
+          float: isinstance(value, numbers.Real) and not is_bool}[kind]
+    if not ok:
+        hint = ''
+        if isinstance(value, str) and kind in (int, float):
+            try: hint = f"; write {name}={kind(value)!r} (a number, without quotes)"
+            except ValueError: pass
+        raise ConfigError(f"{name}={value!r} is {type(value).__name__}, not {_KINDS[kind]}{' (or None)' if optional else ''}{hint}")
+    if kind is float and not math.isfinite(value): raise ConfigError(f"{name}={value!r} is not allowed: {name} must be {_KINDS[float]}")
+    return value.item() if isinstance(value, np.generic) else value
+
+def check_types(cls, values: dict) -> dict:
+    "`values` (keys of config dataclass `cls`) with every int / float / bool / str value type-checked and made plain."
+    kinds = _field_kinds(cls)
+    return {k: check_type(k, v, *kinds[k]) if k in kinds else v for k, v in values.items()}
 
 # %% ../nbs/06_train.ipynb #d81ed65f
 OPTIMIZERS = ('lars', 'sgd', 'adamw')
@@ -59,13 +97,14 @@ class TrainConfig(Config):
     run_dir: str | None = None
     progress: bool = True
     def validate(self):
+        for k, v in check_types(type(self), {f.name: getattr(self, f.name) for f in fields(self)}).items(): setattr(self, k, v)
         check_choice('dataset', self.dataset, DATASETS); check_choice('backbone', self.backbone, BACKBONES)
         check_choice('optimizer', self.optimizer, OPTIMIZERS); check_choice('precision', self.precision, PRECISIONS)
         get_device(self.device)
         for k in ('epochs', 'batch_size', 'knn_k', 'log_every'): check_range(k, getattr(self, k), 1)
         for k in ('lr', 'knn_t'): check_range(k, getattr(self, k), 0, lo_open=True)
         for k in ('weight_decay', 'warmup_epochs', 'final_lr_frac', 'eval_every'): check_range(k, getattr(self, k), 0)
-        check_range('momentum', self.momentum, 0, 1)
+        check_range('momentum', self.momentum, 0, 1); check_range('seed', self.seed, 0, 2**32 - 1)
         if self.grad_clip is not None: check_range('grad_clip', self.grad_clip, 0, lo_open=True)
 
 # %% ../nbs/06_train.ipynb #ce662923
@@ -77,8 +116,8 @@ def resolve_configs(method, preset='small', **overrides):
     tkeys, mkeys = set(TrainConfig.keys()), set(M.config_class.keys())
     unknown = sorted(set(overrides) - tkeys - mkeys)
     if unknown: raise ConfigError(f"unknown key(s) {unknown}; train keys: {sorted(tkeys)}; {M.name} keys: {sorted(mkeys)}")
-    tcfg = TrainConfig.from_dict({**p.get('train', {}), **{k: v for k, v in overrides.items() if k in tkeys}})
-    mcfg = M.config_class.from_dict({**p.get('method', {}), **{k: v for k, v in overrides.items() if k in mkeys}})
+    tcfg = TrainConfig.from_dict(check_types(TrainConfig, {**p.get('train', {}), **{k: v for k, v in overrides.items() if k in tkeys}}))
+    mcfg = M.config_class.from_dict(check_types(M.config_class, {**p.get('method', {}), **{k: v for k, v in overrides.items() if k in mkeys}}))
     return tcfg, mcfg
 
 # %% ../nbs/06_train.ipynb #073dbb5d
@@ -105,14 +144,21 @@ def set_schedule(opt, cfg, progress):
         g['weight_decay'] = g['base_wd'] * (1 + (m0 - 1) * (1 + math.cos(math.pi * progress.frac)) / 2)
 
 # %% ../nbs/06_train.ipynb #7254c02d
-class NonFiniteLossError(RuntimeError):
+class DivergenceError(RuntimeError):
+    "Training diverged (non-finite or exploding loss, gradients or weights); the run stopped and the last good checkpoint was kept."
+
+class NonFiniteLossError(DivergenceError):
     "The loss became NaN or infinite; the run stopped and the last good checkpoint was kept."
+
+class CheckpointError(RuntimeError):
+    "A checkpoint cannot be written, read or verified; the message names the file."
 
 class Run:
     "A training run: its directory, method, history of metric records and status."
     def __init__(self, run_dir, method, method_name, config, data, view_maker):
         self.run_dir, self.method, self.method_name, self.config = Path(run_dir), method, method_name, config
         self.data, self.view_maker, self.history, self.status, self._stop = data, view_maker, [], 'running', False
+        self._stop_signal = None
     def request_stop(self): self._stop = True
     @property
     def steps(self): return [r for r in self.history if r['kind'] == 'step']
@@ -137,19 +183,88 @@ def _call(callbacks, name, *args):
         if f is not None: f(*args)
 
 # %% ../nbs/06_train.ipynb #c5d5e6b7
+CHECKPOINT_KEYS = ('method', 'optimizer', 'epoch', 'iter', 'step', 'partial', 'rng_cpu', 'rng_aug', 'history_json',
+                   'config_json', 'rng_cuda')
+
+def _tensors(obj, prefix=''):
+    "(name, tensor) pairs of every tensor in nested dicts / lists `obj`."
+    if torch.is_tensor(obj): yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items(): yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj): yield from _tensors(v, f"{prefix}[{i}]")
+
+def first_nonfinite(obj):
+    "The name of the first floating tensor in `obj` (nested dicts / lists) holding NaN or ±inf, else None (one host sync)."
+    named = [(n, t) for n, t in _tensors(obj) if t.is_floating_point() or t.is_complex()]
+    if not named: return None
+    ok = {}
+    for dev in {t.device for _, t in named}:     # one stack and one copy per device
+        idx = [i for i, (_, t) in enumerate(named) if t.device == dev]
+        ok.update(zip(idx, torch.stack([named[i][1].isfinite().all() for i in idx]).tolist()))
+    return next((named[i][0] for i in range(len(named)) if not ok[i]), None)
+
 def save_checkpoint(path, run, opt, gen, epoch, it, step, partial=None):
-    "Atomically write everything needed to resume exactly (`partial`: mid-epoch metric accumulators)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    "Atomically write everything needed to resume exactly (`partial`: mid-epoch metric accumulators), if all of it is finite."
+    path = Path(path)
     state = dict(method=run.method.state_dict(), optimizer=opt.state_dict(), epoch=epoch, iter=it, step=step, partial=partial or {},
                  rng_cpu=torch.get_rng_state(), rng_aug=gen.get_state(), history_json=json.dumps(run.history),
                  config_json=json.dumps(run.config),
                  rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-    tmp = path.with_suffix('.tmp')
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    bad = first_nonfinite(dict(method=state['method'], optimizer=state['optimizer']['state'], partial=state['partial']))
+    if bad is not None:
+        raise DivergenceError(f"{bad} is not finite at step {step}: refusing to write it as a checkpoint "
+                              f"({path if path.exists() else 'no earlier checkpoint'} is kept)")
+    tmp = path.with_name(path.name + '.tmp')
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, 'wb') as f:
+            torch.save(state, f); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        try: tmp.unlink(missing_ok=True)
+        except OSError: pass
+        raise CheckpointError(f"could not write the checkpoint {path} ({e}); "
+                              f"{'the previous one there is unchanged' if path.exists() else 'there is no earlier checkpoint'}") from e
 
-def load_checkpoint(path, map_location='cpu'):
-    return torch.load(path, map_location=map_location, weights_only=True)
+def _verify_archive(path):
+    "Raise `CheckpointError` unless `path` is a complete zip archive whose entries pass their CRC-32 checks."
+    try:
+        with zipfile.ZipFile(path) as z: bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged or not a PyTorch checkpoint: not a complete zip archive ({e}); "
+                              f"it may have been cut short while copying. Use another copy, or start a new run") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is damaged: its entry {bad} fails the archive's CRC-32 checksum; "
+                              f"use another copy, or start a new run")
+
+def load_checkpoint(path, map_location='cpu', verify=True):
+    "A checkpoint written by `save_checkpoint`; with `verify`, its integrity and contents are checked first (errors name the file)."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"no checkpoint file at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): its write was cut short or the copy failed; "
+                              f"use another copy, or start a new run")
+    if verify: _verify_archive(path)
+    try: ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        if 'weights_only' in str(e) or 'Unpickl' in type(e).__name__:
+            raise CheckpointError(f"{path} holds Python objects that a checkpoint never contains; refusing to unpickle it "
+                                  f"(it was not written by ssl_workbench): {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
+                              f"it is damaged or not a PyTorch file") from None
+    if not verify: return ck
+    missing = [k for k in CHECKPOINT_KEYS if k not in ck] if isinstance(ck, dict) else list(CHECKPOINT_KEYS)
+    if missing:
+        raise CheckpointError(f"{path} is not an ssl_workbench training checkpoint (it lacks {missing}); resume takes a run "
+                              f"directory or the checkpoints/last.pt that train() wrote")
+    try: conf = json.loads(ck['config_json']); assert {'method', 'preset', 'train', 'method_config'} <= set(conf)
+    except Exception:
+        raise CheckpointError(f"{path} is not an ssl_workbench training checkpoint: its config_json is not a run configuration") from None
+    bad = first_nonfinite(dict(method=ck['method'], optimizer=ck['optimizer'].get('state', {}) if isinstance(ck['optimizer'], dict) else {}))
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} holds non-finite values ({bad}); it is not a good state to resume from")
+    return ck
 
 # %% ../nbs/06_train.ipynb #dffd580e
 @torch.no_grad()
@@ -180,18 +295,138 @@ def _versions():
 def _to_float(v): return v.item() if torch.is_tensor(v) else float(v)
 
 class _Interrupts:
-    "Turns the first SIGINT into a stop request honoured between steps; the second one raises at once."
-    def __init__(self, run): self.run, self.prev = run, None
+    "Turns the first SIGINT or SIGTERM into a stop request honoured between steps; a second one aborts at once."
+    SIGNALS = ('SIGINT', 'SIGTERM')
+    def __init__(self, run): self.run, self.prev = run, {}
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.prev = signal.signal(signal.SIGINT, self._handle)
+            for name in self.SIGNALS: self.prev[name] = signal.signal(getattr(signal, name), self._handle)
         return self
     def _handle(self, sig, frame):
-        if self.run._stop: raise KeyboardInterrupt
-        self.run._stop = True
-        print("\nstop requested: finishing this step and writing a checkpoint (Ctrl-C again to abort at once)")
+        name = signal.Signals(sig).name
+        if self.run._stop:
+            if name == 'SIGTERM': raise SystemExit(128 + sig)
+            raise KeyboardInterrupt
+        self.run._stop, self.run._stop_signal = True, name
+        print(f"\n{name} received: finishing this step and writing a checkpoint "
+              f"({'Ctrl-C' if name == 'SIGINT' else 'a second SIGTERM'} again aborts at once)", flush=True)
     def __exit__(self, *exc):
-        if self.prev is not None: signal.signal(signal.SIGINT, self.prev)
+        for name, h in self.prev.items(): signal.signal(getattr(signal, name), h)
+
+# %% ../nbs/06_train.ipynb #2a311da6
+MAX_WEIGHT_GROWTH = 1e3   # the largest |weight| growing beyond this × its start value (at least 1) stops a run
+LOSS_BLOWUP = 1e4         # a logged loss this many times the first window's (or 1) warns
+
+class NumericGuard:
+    "Non-finite gradients (recorded on the device each step) and non-finite or exploding weights, checked at log boundaries."
+    def __init__(self, model, step=0):
+        self.named = [(n, p) for n, p in model.named_parameters()]
+        self.first_bad, self.checked_step, self.first_loss, self.warned = None, step, None, False
+        self.start_max = float(self._largest().max()) if self.named else 0.0
+    def _largest(self):
+        "The largest |w| of every parameter (a CPU tensor; one host sync)."
+        return torch.stack(torch._foreach_norm([p.detach() for _, p in self.named], float('inf'))).float().cpu()
+    def after_backward(self, step):
+        "Remember (without a host sync) the first step whose gradients are not all finite."
+        grads = [p.grad for _, p in self.named if p.grad is not None]
+        if not grads: return
+        bad = ~torch.stack(torch._foreach_norm(grads, float('inf'))).isfinite().all()
+        if self.first_bad is None: self.first_bad = torch.full((), -1, dtype=torch.long, device=grads[0].device)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+    def check(self, step, loss=None):
+        "Raise `DivergenceError` for what went wrong in steps `checked_step`..`step - 1`; warn if `loss` exploded."
+        span = f"in steps {self.checked_step}..{step - 1}" if step - 1 > self.checked_step else f"at step {self.checked_step}"
+        if self.first_bad is not None and (b := int(self.first_bad)) >= 0:
+            raise DivergenceError(f"gradients became non-finite at step {b} (the loss was finite) and the weights they touched "
+                                  f"are no longer trustworthy")
+        if self.named:
+            top = self._largest()
+            bad = (~top.isfinite()).nonzero()
+            if len(bad): raise DivergenceError(f"weights became non-finite {span} ({self.named[int(bad[0])][0]})")
+            i = int(top.argmax())
+            limit = MAX_WEIGHT_GROWTH * max(1.0, self.start_max)
+            if top[i] > limit:
+                raise DivergenceError(f"weights diverged {span}: max |w| = {top[i]:.3g} in {self.named[i][0]}, more than "
+                                      f"{MAX_WEIGHT_GROWTH:g}× the largest weight at the start ({self.start_max:.3g}; "
+                                      f"ssl_workbench.train.MAX_WEIGHT_GROWTH); the learning rate is probably far too large")
+        if loss is not None and math.isfinite(loss):
+            if self.first_loss is None: self.first_loss = loss
+            elif not self.warned and abs(loss) > LOSS_BLOWUP * max(1.0, abs(self.first_loss)):
+                self.warned = True
+                warnings.warn(f"the loss exploded {span}: {loss:.4g}, first logged {self.first_loss:.4g}; "
+                              f"check the learning rate", RuntimeWarning, stacklevel=2)
+        self.checked_step = step
+
+def _last_good(ck_file, saved, run_dir):
+    "How to go on after a divergence: the last good checkpoint and what to change."
+    where = (f"the last good checkpoint is {ck_file} (epoch {saved[0]}, step {saved[1]}); train(resume={str(run_dir)!r}) "
+             f"replays the same steps exactly and would stop here again" if saved else "no checkpoint was written before it")
+    return f"the run stopped; {where}. Start a new run with a lower lr, gradient clipping (grad_clip=...) or precision='fp32'"
+
+# %% ../nbs/06_train.ipynb #d3886da0
+RUN_FILES = ('config.json', 'metrics.jsonl', 'checkpoints', 'backbone.pt', 'backbone.json', 'report.html')
+
+def _check_writable(folder: Path, what: str):
+    "Create `folder` if needed and test-write a file in it; `PermissionError` naming the path otherwise."
+    probe = folder / f".write-test-{os.getpid()}-{threading.get_ident()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b''); probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"{what} {folder} cannot be written ({e.strerror or e}); pass run_dir= a folder you "
+                              f"can write to") from None
+
+def check_run_dir(run_dir: Path):
+    "Raise a clear error unless `run_dir` is missing or an empty folder (a new run never writes among other files)."
+    run_dir = Path(run_dir)
+    if not run_dir.exists(): return
+    if not run_dir.is_dir(): raise ConfigError(f"run_dir={str(run_dir)!r} is a file, not a folder; pass a new folder's path")
+    if (run_dir / 'checkpoints' / 'last.pt').exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with train(resume={str(run_dir)!r}) or pass another run_dir")
+    entries = sorted(p.name for p in run_dir.iterdir())
+    if not entries: return
+    shown = ', '.join(entries[:5]) + (f', ... ({len(entries)} entries)' if len(entries) > 5 else '')
+    what = ("an unfinished run with no checkpoint to resume (delete the folder to reuse its name)"
+            if set(entries) <= set(RUN_FILES) else "files that are not a training run")
+    raise ConfigError(f"run_dir={str(run_dir)!r} ({run_dir.resolve()}) is not empty: it holds {what}: {shown}. A run writes "
+                      f"{', '.join(RUN_FILES)} into its folder and would overwrite them; pass a new or empty folder, "
+                      f"e.g. run_dir='runs/my-run', or leave run_dir unset for a fresh runs/<method>-<dataset>-<time>")
+
+def claim_run_dir(run_dir: Path, unique=False):
+    """Take `run_dir` for a new run: (the folder, whether it was created). With `unique` (a default name) a `-2`, `-3`, ...
+    suffix is added while the name is taken; `config.json` is created exclusively, so no two runs share a folder."""
+    run_dir, created = Path(run_dir), False
+    parent = run_dir.parent
+    if unique:
+        _check_writable(parent, 'the runs folder')
+        for i in itertools.count(1):
+            cand = run_dir if i == 1 else run_dir.with_name(f"{run_dir.name}-{i}")
+            try: cand.mkdir(); run_dir, created = cand, True; break
+            except FileExistsError: continue
+    else:
+        check_run_dir(run_dir)
+        created = not run_dir.exists()
+        try: run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e: raise PermissionError(f"run_dir {run_dir} cannot be created ({e.strerror or e}); pass run_dir= "
+                                                   f"a folder you can write to") from None
+    try: fd = os.open(run_dir / 'config.json', os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise ConfigError(f"another run has just claimed {run_dir}; pass another run_dir") from None
+    except OSError as e:
+        if created: run_dir.rmdir()
+        raise PermissionError(f"run_dir {run_dir} cannot be written ({e.strerror or e}); pass run_dir= a folder you can "
+                              f"write to") from None
+    with os.fdopen(fd, 'w') as f: json.dump(dict(status='starting', pid=os.getpid()), f)
+    try: _check_writable(run_dir / 'checkpoints', 'the checkpoints folder')
+    except PermissionError: release_run_dir(run_dir, created); raise
+    return run_dir, created
+
+def release_run_dir(run_dir: Path, created: bool):
+    "Undo `claim_run_dir` after a failed start: remove the trainer's files (only those) and the folder if it created it."
+    for f in ('config.json', 'metrics.jsonl'): (run_dir / f).unlink(missing_ok=True)
+    for d in [run_dir / 'checkpoints'] + ([run_dir] if created else []):
+        try: d.rmdir()
+        except OSError: pass
 
 # %% ../nbs/06_train.ipynb #3148a4f5
 RESUME_KEYS = ('device', 'progress', 'log_every')
@@ -211,9 +446,9 @@ def _resume_method(conf, method):
 
 def resolve_run(method=None, dataset=None, epochs=None, preset='small', resume=None, overrides=None):
     "(method class, preset, train config, method config, run dir, checkpoint or None) for a new or resumed run."
-    overrides = dict(overrides or {})
+    overrides = {k: str(v) if isinstance(v, (Path, torch.device)) else v for k, v in dict(overrides or {}).items()}
     if resume is not None:
-        ck_path = Path(resume)
+        ck_path = Path(resume).expanduser()
         if ck_path.is_dir(): ck_path = ck_path / 'checkpoints' / 'last.pt'
         if not ck_path.exists(): raise FileNotFoundError(f"no checkpoint at {ck_path}; pass the run directory of an earlier run")
         ck = load_checkpoint(ck_path)
@@ -224,13 +459,11 @@ def resolve_run(method=None, dataset=None, epochs=None, preset='small', resume=N
         tcfg = TrainConfig.from_dict({**conf['train'], **overrides})
         return M, conf['preset'], tcfg, M.config_class.from_dict(conf['method_config']), ck_path.parent.parent, ck
     M = get_method_class('nnclr' if method is None else method)
-    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
     if dataset is not None: overrides['dataset'] = dataset
     if epochs is not None: overrides['epochs'] = epochs
     tcfg, mcfg = resolve_configs(M, preset, **overrides)
-    run_dir = Path(tcfg.run_dir or f"runs/{M.name}-{tcfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (run_dir / 'checkpoints' / 'last.pt').exists():
-        raise ConfigError(f"{run_dir} already holds a run; pass resume='{run_dir}' or another run_dir")
+    run_dir = Path(tcfg.run_dir or f"runs/{M.name}-{tcfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}").expanduser()
+    if tcfg.run_dir is not None: check_run_dir(run_dir)
     return M, preset, tcfg, mcfg, run_dir, None
 
 # %% ../nbs/06_train.ipynb #ed6b3924
@@ -241,6 +474,9 @@ def build_run(M, preset, tcfg, mcfg, run_dir, data=None):
     if data is None:
         data = load_dataset(tcfg.dataset, path=tcfg.data_path, download=tcfg.download, train_per_class=tcfg.train_per_class,
                             test_per_class=tcfg.test_per_class, image_size=tcfg.image_size)
+    elif not isinstance(data, ImageData):
+        raise ConfigError(f"data= must be an ssl_workbench.data.ImageData (from load_dataset), not {type(data).__name__}")
+    check_image_data(data, 'data=' if data.name is None else f"dataset {data.name!r}")
     data = place(data, device)
     n, B = data.n_train, tcfg.batch_size
     if B > n: raise ConfigError(f"batch_size={B} is larger than the {n} training images; allowed: 1..{n}")
@@ -266,8 +502,9 @@ def make_batch(data, idx, view_maker, gen, device):
     if device.type == 'cuda': views = [v.contiguous(memory_format=torch.channels_last) for v in views]
     return dict(views=views, index=idx.to(device), labels=data.train_y[idx].to(device), images=x)
 
-def train_step(model, opt, batch, prog, tcfg, amp=None, clock=None):
-    "One optimisation step; raises `NonFiniteLossError` before any weight changes if the loss is not finite."
+def train_step(model, opt, batch, prog, tcfg, amp=None, clock=None, guard=None):
+    """One optimisation step; raises `NonFiniteLossError` before any weight changes if the loss is not finite.
+    `guard` (a `NumericGuard`) records non-finite gradients on the device."""
     clock = clock or (lambda phase: None)
     set_schedule(opt, tcfg, prog)
     with torch.autocast(batch['images'].device.type, dtype=amp, enabled=amp is not None):
@@ -278,6 +515,7 @@ def train_step(model, opt, batch, prog, tcfg, amp=None, clock=None):
         raise NonFiniteLossError(f"loss is {out.loss.item()} at epoch {prog.epoch} step {prog.step} (terms {terms})")
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
+    if guard is not None: guard.after_backward(prog.step)
     if tcfg.grad_clip: nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
     clock('backward')
     opt.step()
@@ -296,35 +534,74 @@ def _finish(run, tcfg):
         weights='teacher' if bb is not run.method.backbone else 'online')))
     write_report(run, run.run_dir / 'report.html')
 
+def _load_state(run, ck, ck_file):
+    "Put a verified checkpoint's weights and optimiser state into `run`, after checking it was trained on the same data."
+    was, now = json.loads(ck['config_json']).get('data', {}), run.config['data']
+    diff = [f"{k} {was[k]!r} then, {now[k]!r} now" for k in ('n_train', 'n_test', 'image_size', 'classes') if k in was and was[k] != now[k]]
+    if diff: raise ConfigError(f"the data is not the data this run was trained on ({'; '.join(diff)}); resume with the same data")
+    try: run.method.load_state_dict(ck['method']); run.optimizer.load_state_dict(ck['optimizer'])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {ck_file} does not fit this {run.method_name} run: {' '.join(str(e).split())[:400]}") from None
+
+def _as_callbacks(callbacks):
+    hooks = ('on_train_start', 'on_log', 'on_epoch_end', 'on_train_end')
+    return [callbacks] if any(hasattr(callbacks, h) for h in hooks) else list(callbacks or ())
+
 def train(method=None, dataset=None, epochs=None, preset='small', resume=None, callbacks=(), data=None,
           stop_after_epochs=None, **overrides):
     """Train `method` (a name or a `Method` subclass; default 'nnclr') on `dataset`; returns a `Run`.
     `resume=` a run directory (or checkpoint) continues it exactly; `data=` an already loaded `ImageData`;
     `stop_after_epochs` stops (with a checkpoint) after that many epochs."""
+    if stop_after_epochs is not None: check_range('stop_after_epochs', check_type('stop_after_epochs', stop_after_epochs, int), 1)
+    callbacks = _as_callbacks(callbacks)
     M, preset, tcfg, mcfg, run_dir, ck = resolve_run(method, dataset, epochs, preset, resume, overrides)
-    run = build_run(M, preset, tcfg, mcfg, run_dir, data)
+    ck_file = run_dir / 'checkpoints' / 'last.pt'
+    if ck is None: run_dir, created = claim_run_dir(run_dir, unique=tcfg.run_dir is None); ck_file = run_dir / 'checkpoints' / 'last.pt'
+    else: _check_writable(run_dir, 'the run folder'); _check_writable(ck_file.parent, 'the checkpoints folder')
+    try:
+        run = build_run(M, preset, tcfg, mcfg, run_dir, data)
+        if ck is not None: _load_state(run, ck, ck_file)
+    except BaseException:
+        if ck is None: release_run_dir(run_dir, created)
+        raise
     model, opt, data, vm, device, amp = run.method, run.optimizer, run.data, run.view_maker, run.device, run.amp
-    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / 'config.json').write_text(json.dumps(run.config, indent=1))
     gen = torch.Generator(device=device); gen.manual_seed(tcfg.seed)
     n, B = data.n_train, tcfg.batch_size
     spe = n // B
     prog = Progress(step=0, epoch=0, steps_per_epoch=spe, epochs=tcfg.epochs)
-    start_epoch, start_it, partial = 0, 0, {}
-    ck_file = run_dir / 'checkpoints' / 'last.pt'
+    start_epoch, start_it, partial, saved = 0, 0, {}, None
     if ck is not None:
-        model.load_state_dict(ck['method']); opt.load_state_dict(ck['optimizer'])
         torch.set_rng_state(ck['rng_cpu']); gen.set_state(ck['rng_aug'])
         if ck['rng_cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(ck['rng_cuda'])
         run.history = json.loads(ck['history_json'])
         start_epoch, start_it, prog.step, partial = ck['epoch'], ck['iter'], ck['step'], ck['partial']
+        saved = (ck['epoch'], ck['step'])
     else:
         model.setup(data, vm, device)
     model.bind(data, vm, gen)
-    log = open(run_dir / 'metrics.jsonl', 'w')
-    for r in run.history: log.write(json.dumps(r) + '\n')
+    log_file = run_dir / 'metrics.jsonl'
+    log = open(log_file, 'w')
     def record(r):
-        run.history.append(r); log.write(json.dumps(r) + '\n'); log.flush()
+        run.history.append(r)
+        try: log.write(json.dumps(r) + '\n'); log.flush()
+        except OSError as e: raise OSError(f"could not append to {log_file} ({e}); the records so far are in run.history") from e
+    for r in run.history: log.write(json.dumps(r) + '\n')
+    guard = NumericGuard(model, prog.step)
+    def checkpoint(epoch, it, partial=None):
+        "Write the checkpoint, after the guard has checked the steps since its last look."
+        nonlocal saved
+        guard.check(prog.step)
+        try: save_checkpoint(ck_file, run, opt, gen, epoch, it, prog.step, partial)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}. The metrics up to step {prog.step} are in {log_file}; make the folder writable "
+                                  f"(or free space) and resume, or start a new run") from None
+        saved = (epoch, prog.step)
+    def stopped(how):
+        run.status = 'interrupted'
+        print(f"{how} at step {prog.step}; checkpoint written to {ck_file}. Continue with train(resume={str(run_dir)!r})", flush=True)
+        if getattr(run, '_stop_signal', None) == 'SIGTERM': raise SystemExit(128 + signal.SIGTERM)
+        return run
     if ck is None and tcfg.eval_at_start and tcfg.eval_every:
         record({'kind': 'epoch', 'epoch': 0, 'step': 0, **evaluate(model, data, vm, tcfg, amp)})
     bar = tqdm(total=prog.total_steps, initial=prog.step, disable=not tcfg.progress, mininterval=1.0, desc=M.name)
@@ -341,11 +618,7 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
                 t_ep = t_win = time.time()
                 for it in range(start_it if epoch == start_epoch else 0, spe):
                     batch = make_batch(data, perm[it * B:(it + 1) * B], vm, gen, device)
-                    try: out = train_step(model, opt, batch, prog, tcfg, amp)
-                    except NonFiniteLossError as e:
-                        raise NonFiniteLossError(f"{e}; the run stopped. Last good checkpoint: {ck_file if ck_file.exists() else 'none yet'}"
-                            f"{f'; resume with train(resume={str(run_dir)!r})' if ck_file.exists() else ''}. "
-                            "Try a lower lr, gradient clipping (grad_clip=...) or fp32 precision.") from None
+                    out = train_step(model, opt, batch, prog, tcfg, amp, guard=guard)
                     for k, v in {'loss/total': out.loss.detach(), **out.terms, **out.stats}.items():
                         v = v.detach() if torch.is_tensor(v) else v
                         window[k] = window.get(k, 0) + v; ep_sums[k] = ep_sums.get(k, 0) + v
@@ -354,27 +627,30 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
                         r = {'kind': 'step', 'epoch': epoch, 'step': prog.step, **{k: _to_float(v) / n_win for k, v in window.items()},
                              'lr': opt.param_groups[0]['lr'], 'time/step_s': (time.time() - t_win) / n_win}
                         record(r); bar.set_postfix(loss=f"{r['loss/total']:.4f}", refresh=False)
+                        guard.check(prog.step, r['loss/total'])
                         _call(callbacks, 'on_log', run, r)
                         window, t_win, n_win = {}, time.time(), 0
                     if run._stop and it < spe - 1:
-                        save_checkpoint(ck_file, run, opt, gen, epoch, it + 1, prog.step,
-                                        dict(window=window, ep_sums=ep_sums, ep_count=ep_count, n_win=n_win))
-                        run.status = 'interrupted'
-                        print(f"interrupted at step {prog.step}; checkpoint written. Continue with train(resume={str(run_dir)!r})")
-                        return run
+                        checkpoint(epoch, it + 1, dict(window=window, ep_sums=ep_sums, ep_count=ep_count, n_win=n_win))
+                        return stopped('interrupted')
                 r = {'kind': 'epoch', 'epoch': epoch + 1, 'step': prog.step, **{k: _to_float(v) / max(1, ep_count) for k, v in ep_sums.items()},
                      'time/epoch_s': time.time() - t_ep, **{k: (v.tolist() if torch.is_tensor(v) else v) for k, v in model.on_epoch_end(prog).items()}}
                 if tcfg.eval_every and ((epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs):
                     r.update(evaluate(model, data, vm, tcfg, amp))
                 record(r)
-                save_checkpoint(ck_file, run, opt, gen, epoch + 1, 0, prog.step)
+                checkpoint(epoch + 1, 0)
                 _call(callbacks, 'on_epoch_end', run, r)
-                if run._stop or (stop_after_epochs and epoch + 1 >= stop_after_epochs and epoch + 1 < tcfg.epochs):
+                if run._stop: return stopped(f'interrupted after epoch {epoch + 1}')
+                if stop_after_epochs and epoch + 1 >= stop_after_epochs and epoch + 1 < tcfg.epochs:
                     run.status = 'interrupted'
                     return run
-        run.status = 'finished'
-        _finish(run, tcfg)
-        _call(callbacks, 'on_train_end', run)
-        return run
+    except DivergenceError as e:
+        raise type(e)(f"{e}; {_last_good(ck_file, saved, run_dir)}") from None
     finally:
         bar.close(); log.close()
+    run.status = 'finished'
+    try: _finish(run, tcfg)
+    except (OSError, RuntimeError) as e:
+        raise OSError(f"training finished (checkpoint {ck_file}) but writing backbone.pt / report.html in {run_dir} failed: {e}") from e
+    _call(callbacks, 'on_train_end', run)
+    return run
