@@ -318,7 +318,7 @@ def train(method='nnclr', dataset=None, epochs=None, preset='small', resume=None
         torch.save(backbone.state_dict(), run_dir / 'backbone.pt')
         (run_dir / 'backbone.json').write_text(json.dumps(dict(backbone=tcfg.backbone, image_size=data.image_size,
             cifar_stem=tcfg.cifar_stem if tcfg.cifar_stem is not None else data.image_size <= 64, feat_dim=backbone.feat_dim)))
-        from ssl_workbench.dashboard import write_report
+        from ssl_workbench.report import write_report
         write_report(run, run_dir / 'report.html')
         _call(callbacks, 'on_train_end', run)
         return run
