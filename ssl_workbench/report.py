@@ -80,8 +80,8 @@ def _grid(titles, cols):
     return json.loads(fig.layout.to_json() if hasattr(fig.layout, 'to_json') else json.dumps(fig.layout.to_plotly_json(), cls=plotly.utils.PlotlyJSONEncoder))
 
 def _thin(x, y, max_points):
-    "Every k-th point (and the last) so that at most about `max_points` remain."
-    if len(x) <= max_points: return x, y
+    "Copies of `x`, `y` with every k-th point (and the last), so that at most about `max_points` remain."
+    if len(x) <= max_points: return list(x), list(y)     # copies: a figure must not change when the history grows
     k = math.ceil(len(x) / max_points)
     return x[::k] + x[-1:], y[::k] + y[-1:]
 
