@@ -119,12 +119,17 @@ def figure_dict(histories, title=None, z_dim=None, max_points=1000, series=None)
                 data.append({'type': 'scatter', 'x': x, 'y': y, 'name': f"{name}: {k}" if multi else k,
                              'mode': 'lines+markers' if len(x) < 30 else 'lines', 'legendgroup': name if multi else k,
                              'line': {'color': c, 'dash': DASHES[(ki if multi else 0) % len(DASHES)]},
-                             'xaxis': _axis(pos[t]), 'yaxis': _axis(pos[t], 'y')})
+                             'xaxis': _axis(pos[t]), 'yaxis': _axis(pos[t], 'y'), 'legend': _axis(pos[t], 'legend')})
         if s.sizes:
             ep, v = s.sizes; n_empty = sum(1 for a in v if a == 0)
             data.append({'type': 'scatter', 'x': list(range(1, len(v) + 1)), 'y': [max(a, 1e-3) for a in v], 'mode': 'lines',
                          'name': f"{name if multi else 'sizes'} (epoch {ep}: {n_empty}/{len(v)} empty)",
-                         'line': {'color': COLORS[ri % len(COLORS)]}, 'xaxis': _axis(pos[SIZES_TITLE]), 'yaxis': _axis(pos[SIZES_TITLE], 'y')})
+                         'line': {'color': COLORS[ri % len(COLORS)]}, 'xaxis': _axis(pos[SIZES_TITLE]), 'yaxis': _axis(pos[SIZES_TITLE], 'y'),
+                         'legend': _axis(pos[SIZES_TITLE], 'legend')})
+    for i in range(1, len(titles) + 1):            # one legend per panel, in its top-right corner
+        xd, yd = layout[_axis(i, 'xaxis')]['domain'], layout[_axis(i, 'yaxis')]['domain']
+        layout[_axis(i, 'legend')] = {'x': xd[1], 'y': yd[1], 'xanchor': 'right', 'yanchor': 'top', 'font': {'size': 9},
+                                      'bgcolor': 'rgba(255,255,255,0.6)', 'tracegroupgap': 0}
     for t in titles:
         if t in LOG_PANELS or t == SIZES_TITLE: layout[f"yaxis{'' if pos[t] == 1 else pos[t]}"]['type'] = 'log'
     if has_sizes: layout[f"xaxis{'' if pos[SIZES_TITLE] == 1 else pos[SIZES_TITLE]}"]['title'] = {'text': 'cluster rank', 'font': {'size': 10}}

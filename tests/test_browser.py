@@ -26,12 +26,12 @@ except ImportError: sync_playwright = None
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (install it: `make browser` runs apt-get install -y chromium)"),
               pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed (pip install playwright; no `playwright install` needed)")]
 
-# Tiny runs that still train for ~15-25 s on a 2-core CPU, logging every 2 steps so that the figure moves often.
+# Tiny runs that still train for ~15-25 s on a 2-core CPU (the trainer logs every 10 steps: the figure moves ~once a second).
 NOTEBOOKS = {
     'train_nnclr': dict(dataset='digits', train_per_class=64, test_per_class=20, epochs=8, batch_size=32, queue_size=256,
-                        log_every=2, show_umap=False),
+                        show_umap=False),
     'train_excb': dict(dataset='digits', train_per_class=40, test_per_class=20, epochs=6, batch_size=32, n_clusters=16,
-                       log_every=2, compare_dino=False, show_umap=False),
+                       compare_dino=False, show_umap=False),
 }
 
 POINTS_JS = """() => {
