@@ -62,6 +62,7 @@ class LiveDashboard:
         self.own_view = view is None
         self.static_at_end = self.own_view if static_at_end is None else static_at_end
         self.series, self.run, self.t_draw, self.cost_s, self.draws, self.done = {}, None, 0.0, 0.0, 0, False
+        figure_dict([])                  # warm up plotly's subplot layout code before training starts
     def figure(self, run=None):
         "The current figure as a plotly dict."
         run = run or self.run
@@ -77,6 +78,7 @@ class LiveDashboard:
         if self.view is None: self.view = LiveView()
         if self.own_view: display(self.view.box)
         self._draw(force=True)
+        self.cost_s, self.draws = 0.0, 0      # count only refreshes made while training runs
     def _step(self): return self.run.history[-1]['step'] if self.run.history else 0
     def _evals_after(self, epoch):
         "kNN evaluations still to come after `epoch` epochs are done."

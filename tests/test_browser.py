@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (in
 NOTEBOOKS = {
     'train_nnclr': dict(dataset='digits', train_per_class=64, test_per_class=20, epochs=8, batch_size=32, queue_size=256,
                         show_umap=False),
-    'train_excb': dict(dataset='digits', train_per_class=40, test_per_class=20, epochs=6, batch_size=32, n_clusters=16,
+    'train_excb': dict(dataset='digits', train_per_class=40, test_per_class=20, epochs=10, batch_size=32, n_clusters=16,
                        compare_dino=False, show_umap=False),
 }
 
@@ -116,12 +116,17 @@ def open_notebook(page):
     while time.time() - t0 < 90:
         dialog = page.locator('.jp-Dialog')
         if dialog.count() and 'kernel' in dialog.inner_text().lower():
-            dialog.locator('button.jp-mod-accept').click()
+            dialog.locator('button.jp-mod-accept').click(no_wait_after=True)
         elif kernel_idle(page) and page.locator('.jp-Dialog').count() == 0: break
         page.wait_for_timeout(500)
     no_news = page.locator('.jp-toast-button', has_text=re.compile('^No$'))
-    if no_news.count(): no_news.first.click()
+    if no_news.count(): no_news.first.click(no_wait_after=True)
     page.wait_for_timeout(1000)
+
+def scroll_to(page, selector, last=False):
+    "Scroll an element into view without Playwright's wait for it to be stable (a live figure never is)."
+    page.evaluate("([s, last]) => { const e = document.querySelectorAll(s); const el = e[last ? e.length - 1 : 0];"
+                  " if (el) el.scrollIntoView({block: 'start'}); }", [selector, last])
 
 def panel_input(page, key):
     "The input of the panel knob called `key` (IntText / Text)."
@@ -139,21 +144,20 @@ def test_train_notebook_live_in_browser(lab, browser, name):
     page.goto(f"{lab['url']}/lab/tree/{name}.ipynb?token={lab['token']}")
     open_notebook(page)
     # --- Run All: the notebook's live figure must gain points while training runs
-    page.locator('.lm-MenuBar-itemLabel', has_text=re.compile('^Run$')).click()
-    page.locator('.lm-Menu-itemLabel', has_text=re.compile('^Run All Cells$')).click()
+    page.locator('.lm-MenuBar-itemLabel', has_text=re.compile('^Run$')).click(no_wait_after=True)
+    page.locator('.lm-Menu-itemLabel', has_text=re.compile('^Run All Cells$')).click(no_wait_after=True)
     samples, t0, shots = [], time.time(), 0
     while time.time() - t0 < 240:
         r = page.evaluate(POINTS_JS)
         samples.append((round(time.time() - t0, 1), r['live'], r['static']))
-        if r['live'] and shots == 0:
-            page.locator('.ssl-live').last.scroll_into_view_if_needed()
+        if r['live'] and shots == 0: scroll_to(page, '.jp-Notebook .ssl-live', last=True)
         if r['live'] > 0 and len({s[1] for s in samples if s[1]}) == 3 and shots == 0:
             shot(page, f'{name}-1-run-all-training'); shots = 1
         if r['static'] > 0 and r['live'] == 0 and kernel_idle(page): break   # only the final static figure: training ended
         page.wait_for_timeout(1000)
     else:
         shot(page, f'{name}-failed-run-all'); pytest.fail(f"Run All did not finish in 240 s; samples {samples}")
-    page.locator('.js-plotly-plot').last.scroll_into_view_if_needed(); shot(page, f'{name}-2-run-all-finished')
+    scroll_to(page, '.js-plotly-plot', last=True); shot(page, f'{name}-2-run-all-finished')
     live = [s[1] for s in samples if s[1] > 0]
     increases = sum(b > a for a, b in zip(live, live[1:]))
     print(f"{name} Run All: (seconds, live points, static points) {samples}")
@@ -162,12 +166,12 @@ def test_train_notebook_live_in_browser(lab, browser, name):
     assert (folder / 'runs' / f'{name}-main' / 'report.html').exists()
     # --- the panel: set knobs through its widgets, Start, watch its figure grow, Stop
     panel = page.locator('.ssl-train-panel').first
-    panel.scroll_into_view_if_needed()
+    scroll_to(page, '.ssl-train-panel')
     epochs = panel_input(page, 'epochs'); epochs.fill('40'); epochs.press('Tab')
     rd = panel_input(page, 'run_dir'); rd.fill(f'runs/{name}-panel'); rd.press('Tab')
     wait_for(page, lambda: 'epochs = 40' in panel.inner_text() and f'{name}-panel' in panel.inner_text(), 10,
              'the resolved configuration to show the new knob values')
-    panel.locator('button', has_text='Start').click()
+    panel.locator('button', has_text='Start').click(no_wait_after=True)
     grown, t0 = [], time.time()
     while time.time() - t0 < 120:
         n = page.evaluate(POINTS_JS)['panel']
@@ -176,8 +180,8 @@ def test_train_notebook_live_in_browser(lab, browser, name):
         page.wait_for_timeout(1000)
     else:
         shot(page, f'{name}-failed-panel'); pytest.fail(f"the panel's figure did not grow after Start: {grown}; status {panel.inner_text()[-300:]}")
-    panel.locator('.ssl-live').scroll_into_view_if_needed(); shot(page, f'{name}-3-panel-training')
-    panel.locator('button', has_text='Stop').click()
+    scroll_to(page, '.ssl-train-panel .ssl-live'); shot(page, f'{name}-3-panel-training')
+    panel.locator('button', has_text='Stop').click(no_wait_after=True)
     wait_for(page, lambda: re.search(r'interrupted at step \d+', panel.inner_text()), 120, 'the panel run to stop')
     shot(page, f'{name}-4-panel-stopped')
     print(f"{name} panel: points {grown}; status {re.search(r'interrupted at step .*', panel.inner_text())[0]}")
