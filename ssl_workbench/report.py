@@ -76,7 +76,9 @@ def _grid(titles, cols):
     "Layout dict of a subplot grid with these panel titles (cached: building it with make_subplots is slow)."
     rows = max(1, math.ceil(len(titles) / cols))
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=min(0.3 / rows, 0.12), horizontal_spacing=0.08)
-    fig.update_layout(height=260 * rows + 90, margin=dict(l=45, r=20, t=70, b=30), legend=dict(font=dict(size=10)), template='plotly_white')
+    fig.update_layout(height=260 * rows + 90, margin=dict(l=45, r=20, t=70, b=30), legend=dict(font=dict(size=10)),
+                      template='none', plot_bgcolor='white', paper_bgcolor='white', font=dict(size=11, color='#2a3f5f'))
+    fig.update_xaxes(gridcolor='#ebf0f8', zeroline=False, linecolor='#ccc'); fig.update_yaxes(gridcolor='#ebf0f8', zeroline=False, linecolor='#ccc')
     return json.loads(fig.layout.to_json() if hasattr(fig.layout, 'to_json') else json.dumps(fig.layout.to_plotly_json(), cls=plotly.utils.PlotlyJSONEncoder))
 
 def _thin(x, y, max_points):

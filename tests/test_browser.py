@@ -133,6 +133,18 @@ def panel_input(page, key):
     box = page.locator('.ssl-train-panel .widget-inline-hbox', has=page.locator('label.widget-label', has_text=re.compile(f'^{key}$')))
     return box.locator('input').first
 
+def check_report_offline(browser, report, name):
+    "report.html opened from disk with every network request refused: its figure still draws (plotly.js from ../plotly.min.js)."
+    page, remote = browser.new_page(viewport={'width': 1400, 'height': 900}), []
+    page.route(re.compile(r'^(?!file:)'), lambda route: (remote.append(route.request.url), route.abort()))
+    page.goto(report.as_uri())
+    page.wait_for_selector('.js-plotly-plot', timeout=30_000)
+    n = page.evaluate(POINTS_JS)['static']
+    page.screenshot(path=str(ARTIFACTS / f'{name}-0-report-offline.png'))
+    page.close()
+    assert n > 10 and not remote, (n, remote)
+    assert report.stat().st_size < 300_000
+
 @pytest.mark.parametrize('name', list(NOTEBOOKS))
 def test_train_notebook_live_in_browser(lab, browser, name):
     from ssl_workbench.train import train, load_checkpoint
@@ -163,7 +175,7 @@ def test_train_notebook_live_in_browser(lab, browser, name):
     print(f"{name} Run All: (seconds, live points, static points) {samples}")
     assert increases >= 3, f"the live figure did not grow during training: {samples}"
     assert all(b >= a for a, b in zip(live, live[1:])), samples
-    assert (folder / 'runs' / f'{name}-main' / 'report.html').exists()
+    check_report_offline(browser, folder / 'runs' / f'{name}-main' / 'report.html', name)
     # --- the panel: set knobs through its widgets, Start, watch its figure grow, Stop
     panel = page.locator('.ssl-train-panel').first
     scroll_to(page, '.ssl-train-panel')
