@@ -70,15 +70,27 @@ class LiveDashboard:
         return figure_dict(hs, self.title, feature_dim(run.config), self.max_points, self.series)
     def on_train_start(self, run):
         from IPython.display import display
+        from IPython import get_ipython
         tc = run.config['train']
         self.run, self.done, self.t0, self.cost_s, self.draws, self.t_eval, self.eval_s = run, False, time.time(), 0.0, 0, None, None
         self.spe = max(1, run.config['data']['n_train'] // tc['batch_size'])
         self.epochs, self.total, self.eval_every = tc['epochs'], self.spe * tc['epochs'], tc.get('eval_every') or 0
         self.step0 = self._step()
         if self.view is None: self.view = LiveView()
-        if self.own_view: display(self.view.box)
+        if self.own_view:
+            display(self.view.box)
+            self._finish_after_cell()
         self._draw(force=True)
         self.cost_s, self.draws = 0.0, 0      # count only refreshes made while training runs
+    def _finish_after_cell(self):
+        "When the cell ends without `on_train_end` (a Stop or Ctrl-C mid-epoch, an error), still leave the static figure."
+        from IPython import get_ipython
+        ip = get_ipython()
+        if ip is None or threading.current_thread() is not threading.main_thread(): return
+        def post(*_):
+            ip.events.unregister('post_run_cell', post)
+            self.finish()
+        ip.events.register('post_run_cell', post)
     def _step(self): return self.run.history[-1]['step'] if self.run.history else 0
     def _evals_after(self, epoch):
         "kNN evaluations still to come after `epoch` epochs are done."
@@ -126,7 +138,7 @@ class LiveDashboard:
             self.view.clear()
             show(self.figure(run))
 
-# %% ../nbs/07_dashboard.ipynb #e420c332
+# %% ../nbs/07_dashboard.ipynb #ea034f0b
 _RANGE = re.compile(r"allowed: ([\[(])([^,]*), ([^\])]*)([\])])")
 
 def _probe(cls, base, key, value):
@@ -164,7 +176,7 @@ def _range_text(r): return None if r is None else f"{r[0]}{r[1]}, {r[2]}{r[3]}"
 
 def _fmt(v): return 'None' if v is None else repr(v)
 
-# %% ../nbs/07_dashboard.ipynb #bfcc4d09
+# %% ../nbs/07_dashboard.ipynb #442626ba
 def config_summary(method, preset='small', **overrides):
     "The resolved train and method configuration as text; `*` marks values that differ from the preset."
     from ssl_workbench.train import resolve_configs
@@ -213,7 +225,7 @@ def _set(w, spec, value):
     elif isinstance(w.value, str): w.value = '' if value is None else str(value)   # a text box
     else: w.value = value
 
-# %% ../nbs/07_dashboard.ipynb #7a145867
+# %% ../nbs/07_dashboard.ipynb #a925f189
 class TrainPanel:
     """Control panel for `method`: a widget per `TrainConfig` and method-config field (valid ranges and choices read from
     `validate()`, preset values shown), a preset dropdown, a run picker (resume / view), Start / Stop, the resolved
@@ -367,7 +379,7 @@ class TrainPanel:
         if self.run is not None: self.run.request_stop()
         self._say('stopping after this step …')
 
-# %% ../nbs/07_dashboard.ipynb #8003a5df
+# %% ../nbs/07_dashboard.ipynb #219b7582
 def umap_figure(run, n=2000, seed=0):
     "Plotly scatter of a UMAP of `run.method.embed` features of up to `n` test images."
     import umap

@@ -183,6 +183,7 @@ def test_train_notebook_live_in_browser(lab, browser, name):
     rd = panel_input(page, 'run_dir'); rd.fill(f'runs/{name}-panel'); rd.press('Tab')
     wait_for(page, lambda: 'epochs = 40' in panel.inner_text() and f'{name}-panel' in panel.inner_text(), 10,
              'the resolved configuration to show the new knob values')
+    scroll_to(page, '.ssl-train-panel'); shot(page, f'{name}-3-panel-knobs-set')
     panel.locator('button', has_text='Start').click(no_wait_after=True)
     grown, t0 = [], time.time()
     while time.time() - t0 < 120:
@@ -192,10 +193,10 @@ def test_train_notebook_live_in_browser(lab, browser, name):
         page.wait_for_timeout(1000)
     else:
         shot(page, f'{name}-failed-panel'); pytest.fail(f"the panel's figure did not grow after Start: {grown}; status {panel.inner_text()[-300:]}")
-    scroll_to(page, '.ssl-train-panel .ssl-live'); shot(page, f'{name}-3-panel-training')
+    scroll_to(page, '.ssl-train-panel .ssl-live'); shot(page, f'{name}-4-panel-training')
     panel.locator('button', has_text='Stop').click(no_wait_after=True)
     wait_for(page, lambda: re.search(r'interrupted at step \d+', panel.inner_text()), 120, 'the panel run to stop')
-    shot(page, f'{name}-4-panel-stopped')
+    shot(page, f'{name}-5-panel-stopped')
     print(f"{name} panel: points {grown}; status {re.search(r'interrupted at step .*', panel.inner_text())[0]}")
     assert not errors, errors
     page.close()
