@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (in
 
 # Tiny runs that still train for ~15-25 s on a 2-core CPU (the trainer logs every 10 steps: the figure moves ~once a second).
 NOTEBOOKS = {
-    'train_nnclr': dict(dataset='digits', train_per_class=64, test_per_class=20, epochs=8, batch_size=32, queue_size=256,
+    'train_nnclr': dict(dataset='digits', train_per_class=64, test_per_class=20, epochs=10, batch_size=32, queue_size=256,
                         show_umap=False),
     'train_excb': dict(dataset='digits', train_per_class=40, test_per_class=20, epochs=10, batch_size=32, n_clusters=16,
                        compare_dino=False, show_umap=False),
