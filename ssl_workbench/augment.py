@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['RECIPES', 'ViewSpec', 'blur_kernel_size', 'view_specs', 'luma', 'adjust_brightness', 'adjust_contrast',
-           'adjust_saturation', 'adjust_hue', 'grayscale', 'gaussian_blur', 'solarize', 'sample_crops', 'resized_crop',
-           'to_unit', 'ViewMaker', 'reference_transform']
+__all__ = ['RECIPES', 'ViewSpec', 'blur_kernel_size', 'view_specs', 'set_crop_scales', 'luma', 'adjust_brightness',
+           'adjust_contrast', 'adjust_saturation', 'adjust_hue', 'grayscale', 'gaussian_blur', 'solarize',
+           'sample_crops', 'resized_crop', 'to_unit', 'ViewMaker', 'reference_transform']
 
 # %% ../nbs/02_augment.ipynb #a2db7e19
 _PROBS = ("hflip_p", "jitter_p", "gray_p", "blur_p", "solarize_p")
@@ -82,6 +82,15 @@ def view_specs(recipe: str, image_size: int, n_global: int = 2, n_local: int = 0
     specs = [replace(pair[i % 2]) for i in range(n_global)]
     local = ViewSpec(local_size or max(1, round(s * 96 / 224)), scale=(0.05, 0.14), blur_p=0.5)
     return specs + [replace(local) for _ in range(n_local)]
+
+# %% ../nbs/02_augment.ipynb #ac1373ea
+def set_crop_scales(specs: list[ViewSpec], n_global: int, global_scale=None, local_scale=None) -> list[ViewSpec]:
+    "Copies of `specs` with the crop `scale` of the first `n_global` views set to `global_scale` and of the others to `local_scale` (None: unchanged)."
+    out = []
+    for i, spec in enumerate(specs):
+        scale = global_scale if i < n_global else local_scale
+        out.append(replace(spec, scale=scale) if scale is not None else replace(spec))
+    return out
 
 # %% ../nbs/02_augment.ipynb #499c2303
 def _col(f: torch.Tensor) -> torch.Tensor: return f.view(-1, 1, 1, 1)

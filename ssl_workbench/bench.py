@@ -105,17 +105,17 @@ def bench_augment(batch_size: int = 256, workers: int = 2, seconds: float = 10.0
 # %% ../nbs/08_bench.ipynb #00aa8e92
 def _median(xs): return float(np.median(xs))
 
-def bench_step(method: str = "nnclr", backbone: str = "resnet18", batch_size: int = 64, image_size: int = 32,
+def bench_step(method="nnclr", backbone: str = "resnet18", batch_size: int = 64, image_size: int = 32,
                steps: int = 5, warmup: int = 2, device: str = "cpu", preset: str = "cifar",
                channels_last: bool = True, verbose: bool = True, **overrides) -> dict:
-    "Median seconds of a training step of `method` (forward / backward / optimiser) and of its bare backbone passes."
+    "Median seconds of the trainer's step of `method` (forward / backward / optimiser) and of its bare backbone passes."
     import copy
     from ssl_workbench.core import get_method_class, Progress, get_device
-    from ssl_workbench.train import resolve_configs, build_optimizer
+    from ssl_workbench.train import resolve_configs, build_optimizer, train_step
     from ssl_workbench.backbones import make_backbone
     device = get_device(device)
-    tcfg, mcfg = resolve_configs(method, preset, backbone=backbone, batch_size=batch_size, **overrides)
     M = get_method_class(method)
+    tcfg, mcfg = resolve_configs(M, preset if preset in M.presets else "small", backbone=backbone, batch_size=batch_size, **overrides)
     model = M(mcfg, make_backbone(backbone, image_size), batch_size=batch_size, n_train=100_000).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -131,24 +131,24 @@ def bench_step(method: str = "nnclr", backbone: str = "resnet18", batch_size: in
     t = {k: [] for k in ("views", "forward", "backward", "optimizer", "bb_forward", "bb_backward")}
     def clock(): _sync(device); return time.perf_counter()
     for i in range(warmup + steps):
-        rec = i >= warmup
-        t0 = clock(); views = [v.contiguous(memory_format=fmt) for v in vm(x, g)]; t1 = clock()
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            out = model.training_step(dict(views=views, labels=labels, index=index, images=x), prog)
-        t2 = clock(); opt.zero_grad(set_to_none=True); out.loss.backward(); t3 = clock()
-        opt.step(); model.after_step(prog); prog.step += 1; t4 = clock()
+        marks = [clock()]
+        views = [v.contiguous(memory_format=fmt) for v in vm(x, g)]; marks.append(clock())
+        train_step(model, opt, dict(views=views, labels=labels, index=index, images=x), prog, tcfg, amp,
+                   clock=lambda phase: marks.append(clock()))
+        prog.step += 1
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             feats = [ref_bb(v) for v in views]
             with torch.no_grad(): [teacher_bb(v) for v in views[:n_teacher]]
-        t5 = clock(); sum(f.float().mean() for f in feats).backward(); ref_bb.zero_grad(set_to_none=True); t6 = clock()
-        if rec:
-            for k, v in zip(t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)): t[k].append(v)
+        marks.append(clock()); sum(f.float().mean() for f in feats).backward(); ref_bb.zero_grad(set_to_none=True)
+        marks.append(clock())
+        if i >= warmup:
+            for k, a, b in zip(t, marks[:-1], marks[1:]): t[k].append(b - a)
     r = {k: _median(v) for k, v in t.items()}
     r["step"] = r["forward"] + r["backward"] + r["optimizer"]
     r["backbone"] = r["bb_forward"] + r["bb_backward"]
     r["ratio"] = r["step"] / r["backbone"]
     if verbose:
-        print(f"{method} ({preset} preset heads) on {backbone}, batch {batch_size} × {len(views)} views of "
+        print(f"{M.name} ({preset} preset heads) on {backbone}, batch {batch_size} × {len(views)} views of "
               f"{tuple(v.shape[-1] for v in views)} px, {device}, threads {torch.get_num_threads()}, "
               f"{'channels-last' if channels_last else 'contiguous'}, {'bf16' if amp else 'fp32'}; median of {steps} steps")
         print(f"  step      {r['step']:.3f} s  (forward {r['forward']:.3f}, backward {r['backward']:.3f}, "
@@ -181,7 +181,7 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the reference (default: 2)")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each measurement (default: 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each measurement (default: 2)")
-    p.add_argument("--data", default=None, help="CIFAR-10 JPEG tar (e.g. /work/shared/data/cifar10-jpeg.tar.gz); "
+    p.add_argument("--data", default=None, help="a CIFAR-10 JPEG tar (train/<class>/*.jpg), e.g. data/cifar10-5k.tar.gz; "
                                                "default: synthetic random uint8 images")
     p.add_argument("--images", type=int, default=10_000, help="number of images (default: 10000)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: machine default)")

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from .core import ConfigError, l2n
 
 # %% auto #0
-__all__ = ['mlp', 'make_teacher', 'ema_update_', 'cosine_momentum', 'Queue', 'nn_stats', 'CosinePrototypes', 'nnclr_loss',
-           'soft_ce', 'warmup_cosine', 'LARS', 'ClusterSizeTracker']
+__all__ = ['mlp', 'make_teacher', 'ema_update_', 'cosine_momentum', 'Queue', 'embedding_std', 'nn_stats', 'CosinePrototypes',
+           'nnclr_loss', 'soft_ce', 'warmup_cosine', 'LARS', 'ClusterSizeTracker']
 
 # %% ../nbs/04_blocks.ipynb #d4065b74
 def mlp(dims, bn=True, last_bn=False, last_affine=True, act=nn.ReLU):
@@ -75,19 +75,26 @@ class Queue(nn.Module):
         if index is not None: self.index[pos] = index
         self.ptr = (self.ptr + n) % self.size
 
+@torch.no_grad()
+def embedding_std(z):
+    "`z/std`: mean over dimensions of the batch std of L2-normalised `z` — about 1/√D for spread-out embeddings, 0 at collapse."
+    return l2n(z.detach().float()).std(0).mean()
+
 def nn_stats(nn_labels, nn_index, labels, index):
     "`nn/acc` (neighbour has the query's label; label −1 counts as a miss) and `nn/self_hit`."
-    return {'nn/acc': (nn_labels == labels).float().mean().item(), 'nn/self_hit': (nn_index == index).float().mean().item()}
+    return {'nn/acc': (nn_labels == labels).float().mean(), 'nn/self_hit': (nn_index == index).float().mean()}
 
 # %% ../nbs/04_blocks.ipynb #7e85391b
 class CosinePrototypes(nn.Module):
-    "Cosine similarities of inputs to K learned prototypes."
+    "Cosine similarities of inputs to K learned prototypes, computed in (at least) fp32 also under autocast."
     def __init__(self, dim, k):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(k, dim) / math.sqrt(dim))
     def forward(self, x, detach_weight=False):
         w = self.weight.detach() if detach_weight else self.weight
-        return l2n(x) @ l2n(w).T
+        dt = torch.promote_types(torch.promote_types(x.dtype, w.dtype), torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            return l2n(x.to(dt)) @ l2n(w.to(dt)).T
 
 # %% ../nbs/04_blocks.ipynb #93d7e9ca
 def nnclr_loss(a, b, tau=0.2):

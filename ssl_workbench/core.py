@@ -12,8 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['METHOD_NAMES', 'DEVICES', 'ConfigError', 'check_choice', 'check_range', 'Config', 'StepOutput', 'Progress', 'l2n',
-           'Method', 'split_decay', 'get_method_class', 'get_device', 'seed_everything']
+__all__ = ['METHOD_NAMES', 'METHOD_MODULES', 'DEVICES', 'ConfigError', 'check_choice', 'check_range', 'Config', 'StepOutput',
+           'Progress', 'l2n', 'Method', 'split_decay', 'method_ref', 'get_method_class', 'get_device',
+           'seed_everything']
 
 # %% ../nbs/00_core.ipynb #34b2af6a
 class ConfigError(ValueError):
@@ -75,7 +76,8 @@ class Method(nn.Module):
     "Base class of all methods: the small surface the trainer uses."
     name = 'method'
     config_class = Config
-    presets: dict = {}
+    presets: dict = {'small': {}}
+    eval_teacher = False
     def __init__(self, cfg, backbone, batch_size=256, n_train=None):
         super().__init__()
         self.cfg, self.backbone, self.batch_size, self.n_train = cfg, backbone, batch_size, n_train
@@ -90,11 +92,17 @@ class Method(nn.Module):
         "How many views an EMA teacher backbone also encodes (for the step benchmark)."
         return 0
     def setup(self, data, view_maker, device): pass
+    def bind(self, data, view_maker, generator): pass
     def training_step(self, batch, progress) -> StepOutput: raise NotImplementedError
     def after_step(self, progress): pass
     def on_epoch_end(self, progress) -> dict: return {}
+    def eval_backbones(self) -> dict:
+        "Backbones the kNN evaluation reports: '' (as `knn/top1`, the paper's choice) and the other one, if any, by name."
+        t = getattr(self, 'teacher_backbone', None)
+        if not isinstance(t, nn.Module): return {'': self.backbone}
+        return {'': t, 'student': self.backbone} if self.eval_teacher else {'': self.backbone, 'teacher': t}
     @torch.no_grad()
-    def embed(self, x): return self.backbone(x)
+    def embed(self, x): return self.eval_backbones()[''](x)
     def param_groups(self, weight_decay):
         return split_decay(self.named_parameters(), weight_decay)
 
@@ -108,13 +116,30 @@ def split_decay(named_params, weight_decay, **extra):
     return [g for g in groups if g['params']]
 
 # %% ../nbs/00_core.ipynb #2ec9c678
-METHOD_NAMES = ('nnclr', 'dino', 'excb')
+METHOD_NAMES = ('nnclr', 'dino', 'excb', 'simclr', 'all4one', 'barlow', 'simsiam', 'adasim')
+METHOD_MODULES = {}          # names defined in another method's module, e.g. a preset-like variant
 
-def get_method_class(name):
-    "The `Method` subclass called `name`."
-    check_choice('method', name, METHOD_NAMES)
-    mod = importlib.import_module(f'ssl_workbench.methods.{name}')
-    return next(v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, Method) and v.name == name)
+def method_ref(cls) -> str:
+    "'module:QualName' of a method class (a built-in's plain name)."
+    return cls.name if cls.__module__.startswith('ssl_workbench.methods.') and cls.name in METHOD_NAMES else f"{cls.__module__}:{cls.__qualname__}"
+
+def get_method_class(method):
+    "The `Method` subclass for `method`: a built-in name, a `'module:QualName'` reference, or a `Method` subclass itself."
+    if isinstance(method, type):
+        if issubclass(method, Method): return method
+        raise ConfigError(f"method={method!r} is not a subclass of ssl_workbench.core.Method")
+    if isinstance(method, str) and ':' in method:
+        mod, _, qual = method.partition(':')
+        try:
+            obj = importlib.import_module(mod)
+            for part in qual.split('.'): obj = getattr(obj, part)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"method class {method!r} cannot be imported here ({e}); pass the class itself, "
+                              f"e.g. train(..., method=MyMethod)") from e
+        return get_method_class(obj)
+    check_choice('method', method, METHOD_NAMES)
+    mod = importlib.import_module(f'ssl_workbench.methods.{METHOD_MODULES.get(method, method)}')
+    return next(v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, Method) and v.name == method)
 
 # %% ../nbs/00_core.ipynb #52991540
 DEVICES = ('auto', 'cpu', 'cuda', 'mps')

@@ -9,8 +9,8 @@ from dataclasses import fields
 from pathlib import Path
 import plotly.graph_objects as go
 from .core import ConfigError, get_method_class
-from .report import (SKIP, COLLAPSE_FRAC, Series, metric_panels, figure_dict, make_figure, final_metrics,
-                                  results_table, write_report, feature_dim, collapse_threshold)
+from .report import (SKIP, COLLAPSE_FRAC, COLORS, DASHES, Series, metric_panels, figure_dict, make_figure,
+                                  final_metrics, results_table, write_report, feature_dim, collapse_threshold)
 
 # %% auto #0
 __all__ = ['plotly_bundle', 'show', 'LiveView', 'LiveDashboard', 'knob_specs', 'config_summary', 'TrainPanel', 'umap_figure']

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from tqdm.std import tqdm
 from .core import (Config, ConfigError, Progress, check_choice, check_range, get_device, seed_everything,
-                                get_method_class, METHOD_NAMES)
+                                get_method_class, method_ref)
 from .data import load_dataset, place, DATASETS, ImageData
 from .augment import ViewMaker
 from .backbones import make_backbone, BACKBONES
@@ -19,8 +19,9 @@ from .blocks import LARS, warmup_cosine
 from .metrics import extract_features, knn_accuracy
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'PRECISIONS', 'TrainConfig', 'resolve_configs', 'build_optimizer', 'set_schedule', 'NonFiniteLossError',
-           'Run', 'save_checkpoint', 'load_checkpoint', 'method_features', 'evaluate', 'train']
+__all__ = ['OPTIMIZERS', 'PRECISIONS', 'RESUME_KEYS', 'TrainConfig', 'resolve_configs', 'build_optimizer', 'set_schedule',
+           'NonFiniteLossError', 'Run', 'save_checkpoint', 'load_checkpoint', 'method_features', 'evaluate',
+           'resolve_run', 'build_run', 'make_batch', 'train_step', 'train']
 
 # %% ../nbs/06_train.ipynb #d81ed65f
 OPTIMIZERS = ('lars', 'sgd', 'adamw')
@@ -29,7 +30,7 @@ PRECISIONS = ('auto', 'fp32', 'bf16')
 @dataclass
 class TrainConfig(Config):
     "Everything about a run that is not method-specific."
-    dataset: str = 'digits'
+    dataset: str = 'cifar10_5k'
     data_path: str | None = None
     train_per_class: int | None = None
     test_per_class: int | None = None
@@ -69,13 +70,13 @@ class TrainConfig(Config):
 
 # %% ../nbs/06_train.ipynb #ce662923
 def resolve_configs(method, preset='small', **overrides):
-    "Train and method configs for `method` from its `preset` plus `overrides`."
+    "Train and method configs for `method` (a name or a `Method` subclass) from its `preset` plus `overrides`."
     M = get_method_class(method)
     check_choice('preset', preset, list(M.presets))
     p = M.presets[preset]
     tkeys, mkeys = set(TrainConfig.keys()), set(M.config_class.keys())
     unknown = sorted(set(overrides) - tkeys - mkeys)
-    if unknown: raise ConfigError(f"unknown key(s) {unknown}; train keys: {sorted(tkeys)}; {method} keys: {sorted(mkeys)}")
+    if unknown: raise ConfigError(f"unknown key(s) {unknown}; train keys: {sorted(tkeys)}; {M.name} keys: {sorted(mkeys)}")
     tcfg = TrainConfig.from_dict({**p.get('train', {}), **{k: v for k, v in overrides.items() if k in tkeys}})
     mcfg = M.config_class.from_dict({**p.get('method', {}), **{k: v for k, v in overrides.items() if k in mkeys}})
     return tcfg, mcfg
@@ -152,21 +153,25 @@ def load_checkpoint(path, map_location='cpu'):
 
 # %% ../nbs/06_train.ipynb #dffd580e
 @torch.no_grad()
-def method_features(method, x_uint8, normalize, amp_dtype=None):
-    "`method.embed` features of un-augmented images, with the method in eval mode (its mode restored after)."
+def method_features(method, x_uint8, normalize, amp_dtype=None, encoder=None):
+    "`encoder` (default `method.embed`) features of un-augmented images, with the method in eval mode (its mode restored after)."
     was = method.training; method.eval()
     dev = next(method.parameters()).device
     with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        f = extract_features(method.embed, x_uint8, normalize, device=dev)
+        f = extract_features(encoder or method.embed, x_uint8, normalize, device=dev)
     method.train(was)
     return f
 
 def evaluate(method, data, view_maker, cfg, amp_dtype=None):
-    "kNN top-1 accuracy of `method.embed` features."
-    tr, te = (method_features(method, x, view_maker.normalize, amp_dtype) for x in (data.train_x, data.test_x))
-    return {'knn/top1': knn_accuracy(tr, data.train_y.to(tr.device), te, data.test_y.to(tr.device), cfg.knn_k, cfg.knn_t)}
+    "kNN top-1 accuracy of each backbone in `method.eval_backbones()`: `knn/top1`, and e.g. `knn/student_top1`."
+    out = {}
+    for name, enc in method.eval_backbones().items():
+        tr, te = (method_features(method, x, view_maker.normalize, amp_dtype, enc) for x in (data.train_x, data.test_x))
+        out[f"knn/{name + '_' if name else ''}top1"] = knn_accuracy(tr, data.train_y.to(tr.device), te, data.test_y.to(tr.device),
+                                                                   cfg.knn_k, cfg.knn_t)
+    return out
 
-# %% ../nbs/06_train.ipynb #2980ab34
+# %% ../nbs/06_train.ipynb #da0ef395
 def _versions():
     import torchvision, ssl_workbench
     return dict(torch=torch.__version__, torchvision=torchvision.__version__, ssl_workbench=ssl_workbench.__version__,
@@ -188,35 +193,50 @@ class _Interrupts:
     def __exit__(self, *exc):
         if self.prev is not None: signal.signal(signal.SIGINT, self.prev)
 
-def train(method='nnclr', dataset=None, epochs=None, preset='small', resume=None, callbacks=(), data=None,
-          stop_after_epochs=None, **overrides):
-    """Train `method` on `dataset`; returns a `Run`. `resume=` a run directory (or checkpoint) continues it exactly;
-    `data=` an already loaded `ImageData`; `stop_after_epochs` stops (with a checkpoint) after that many epochs."""
+# %% ../nbs/06_train.ipynb #3148a4f5
+RESUME_KEYS = ('device', 'progress', 'log_every')
+
+def _resume_method(conf, method):
+    "The method class of a checkpointed run: `method` if given (it must carry the run's name), else by its stored reference."
+    if method is not None:
+        M = get_method_class(method)
+        if M.name != conf['method']:
+            raise ConfigError(f"this run was trained with method {conf['method']!r}, not {M.name!r}; pass the same method or none")
+        return M
+    ref = conf.get('method_class', conf['method'])
+    try: return get_method_class(ref)
+    except ConfigError as e:
+        raise ConfigError(f"this run's method class {ref!r} cannot be imported here; pass it: "
+                          f"train(resume=..., method={ref.rpartition(':')[2] or ref})") from e
+
+def resolve_run(method=None, dataset=None, epochs=None, preset='small', resume=None, overrides=None):
+    "(method class, preset, train config, method config, run dir, checkpoint or None) for a new or resumed run."
+    overrides = dict(overrides or {})
     if resume is not None:
         ck_path = Path(resume)
         if ck_path.is_dir(): ck_path = ck_path / 'checkpoints' / 'last.pt'
         if not ck_path.exists(): raise FileNotFoundError(f"no checkpoint at {ck_path}; pass the run directory of an earlier run")
         ck = load_checkpoint(ck_path)
         conf = json.loads(ck['config_json'])
-        allowed = {'device', 'progress', 'log_every'}
-        bad = sorted(set(overrides) - allowed) + (['dataset'] if dataset else []) + (['epochs'] if epochs else [])
-        if bad: raise ConfigError(f"{bad} cannot change on resume; allowed on resume: {sorted(allowed)}")
-        method, preset = conf['method'], conf['preset']
+        bad = sorted(set(overrides) - set(RESUME_KEYS)) + (['dataset'] if dataset else []) + (['epochs'] if epochs else [])
+        if bad: raise ConfigError(f"{bad} cannot change on resume; allowed on resume: {sorted(RESUME_KEYS)}")
+        M = _resume_method(conf, method)
         tcfg = TrainConfig.from_dict({**conf['train'], **overrides})
-        mcfg = get_method_class(method).config_class.from_dict(conf['method_config'])
-        run_dir = ck_path.parent.parent
-    else:
-        overrides = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
-        if dataset is not None: overrides['dataset'] = dataset
-        if epochs is not None: overrides['epochs'] = epochs
-        tcfg, mcfg = resolve_configs(method, preset, **overrides)
-        stamp = time.strftime('%Y%m%d-%H%M%S')
-        run_dir = Path(tcfg.run_dir or f"runs/{method}-{tcfg.dataset}-{stamp}")
-        if (run_dir / 'checkpoints' / 'last.pt').exists():
-            raise ConfigError(f"{run_dir} already holds a run; pass resume='{run_dir}' or another run_dir")
-    M = get_method_class(method)
+        return M, conf['preset'], tcfg, M.config_class.from_dict(conf['method_config']), ck_path.parent.parent, ck
+    M = get_method_class('nnclr' if method is None else method)
+    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
+    if dataset is not None: overrides['dataset'] = dataset
+    if epochs is not None: overrides['epochs'] = epochs
+    tcfg, mcfg = resolve_configs(M, preset, **overrides)
+    run_dir = Path(tcfg.run_dir or f"runs/{M.name}-{tcfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (run_dir / 'checkpoints' / 'last.pt').exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass resume='{run_dir}' or another run_dir")
+    return M, preset, tcfg, mcfg, run_dir, None
+
+# %% ../nbs/06_train.ipynb #ed6b3924
+def build_run(M, preset, tcfg, mcfg, run_dir, data=None):
+    "A `Run` with data on the device, backbone, method, view maker and optimiser (`run.optimizer`), nothing trained yet."
     device = get_device(tcfg.device)
-    amp = torch.bfloat16 if (tcfg.precision == 'bf16' or (tcfg.precision == 'auto' and device.type == 'cuda')) else None
     seed_everything(tcfg.seed)
     if data is None:
         data = load_dataset(tcfg.dataset, path=tcfg.data_path, download=tcfg.download, train_per_class=tcfg.train_per_class,
@@ -229,34 +249,85 @@ def train(method='nnclr', dataset=None, epochs=None, preset='small', resume=None
     model = M(mcfg, backbone, batch_size=B, n_train=n).to(device)
     if device.type == 'cuda': model = model.to(memory_format=torch.channels_last)
     vm = ViewMaker(model.view_specs(data.image_size), data.mean, data.std)
-    opt = build_optimizer(model.param_groups(tcfg.weight_decay), tcfg)
-    config = dict(method=method, preset=preset, train=tcfg.to_dict(), method_config=mcfg.to_dict(), versions=_versions(),
-                  data=dict(name=data.name, n_train=n, n_test=len(data.test_y), image_size=data.image_size, classes=list(map(str, data.classes))))
-    run = Run(run_dir, model, method, config, data, vm)
+    config = dict(method=M.name, method_class=method_ref(M), preset=preset, train=tcfg.to_dict(), method_config=mcfg.to_dict(),
+                  versions=_versions(), data=dict(name=data.name, n_train=n, n_test=len(data.test_y), image_size=data.image_size,
+                                                  classes=list(map(str, data.classes))))
+    run = Run(run_dir, model, M.name, config, data, vm)
+    run.optimizer = build_optimizer(model.param_groups(tcfg.weight_decay), tcfg)
+    run.device = device
+    run.amp = torch.bfloat16 if (tcfg.precision == 'bf16' or (tcfg.precision == 'auto' and device.type == 'cuda')) else None
+    return run
+
+def make_batch(data, idx, view_maker, gen, device):
+    "The batch a method sees: views of the images at dataset indices `idx`, with indices, labels and the uint8 images."
+    idx = idx.to(data.train_x.device)
+    x = data.train_x[idx].to(device, non_blocking=True)
+    views = view_maker(x, gen)
+    if device.type == 'cuda': views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    return dict(views=views, index=idx.to(device), labels=data.train_y[idx].to(device), images=x)
+
+def train_step(model, opt, batch, prog, tcfg, amp=None, clock=None):
+    "One optimisation step; raises `NonFiniteLossError` before any weight changes if the loss is not finite."
+    clock = clock or (lambda phase: None)
+    set_schedule(opt, tcfg, prog)
+    with torch.autocast(batch['images'].device.type, dtype=amp, enabled=amp is not None):
+        out = model.training_step(batch, prog)
+    clock('forward')
+    if not torch.isfinite(out.loss.detach()).item():
+        terms = {k: _to_float(v) for k, v in out.terms.items()}
+        raise NonFiniteLossError(f"loss is {out.loss.item()} at epoch {prog.epoch} step {prog.step} (terms {terms})")
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    if tcfg.grad_clip: nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+    clock('backward')
+    opt.step()
+    model.after_step(prog)
+    clock('optimizer')
+    return out
+
+# %% ../nbs/06_train.ipynb #a2f533f2
+def _finish(run, tcfg):
+    "Export the evaluated backbone (torchvision names) with its description, and the HTML report."
+    from ssl_workbench.report import write_report
+    bb, d = run.method.eval_backbones()[''], run.data
+    torch.save(bb.state_dict(), run.run_dir / 'backbone.pt')
+    (run.run_dir / 'backbone.json').write_text(json.dumps(dict(backbone=tcfg.backbone, image_size=d.image_size,
+        cifar_stem=tcfg.cifar_stem if tcfg.cifar_stem is not None else d.image_size <= 64, feat_dim=bb.feat_dim,
+        weights='teacher' if bb is not run.method.backbone else 'online')))
+    write_report(run, run.run_dir / 'report.html')
+
+def train(method=None, dataset=None, epochs=None, preset='small', resume=None, callbacks=(), data=None,
+          stop_after_epochs=None, **overrides):
+    """Train `method` (a name or a `Method` subclass; default 'nnclr') on `dataset`; returns a `Run`.
+    `resume=` a run directory (or checkpoint) continues it exactly; `data=` an already loaded `ImageData`;
+    `stop_after_epochs` stops (with a checkpoint) after that many epochs."""
+    M, preset, tcfg, mcfg, run_dir, ck = resolve_run(method, dataset, epochs, preset, resume, overrides)
+    run = build_run(M, preset, tcfg, mcfg, run_dir, data)
+    model, opt, data, vm, device, amp = run.method, run.optimizer, run.data, run.view_maker, run.device, run.amp
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / 'config.json').write_text(json.dumps(config, indent=1))
+    (run_dir / 'config.json').write_text(json.dumps(run.config, indent=1))
     gen = torch.Generator(device=device); gen.manual_seed(tcfg.seed)
+    n, B = data.n_train, tcfg.batch_size
     spe = n // B
     prog = Progress(step=0, epoch=0, steps_per_epoch=spe, epochs=tcfg.epochs)
-    start_epoch, start_it = 0, 0
+    start_epoch, start_it, partial = 0, 0, {}
     ck_file = run_dir / 'checkpoints' / 'last.pt'
-    if resume is not None:
+    if ck is not None:
         model.load_state_dict(ck['method']); opt.load_state_dict(ck['optimizer'])
         torch.set_rng_state(ck['rng_cpu']); gen.set_state(ck['rng_aug'])
         if ck['rng_cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(ck['rng_cuda'])
         run.history = json.loads(ck['history_json'])
-        start_epoch, start_it, prog.step = ck['epoch'], ck['iter'], ck['step']
-        partial = ck['partial']
+        start_epoch, start_it, prog.step, partial = ck['epoch'], ck['iter'], ck['step'], ck['partial']
     else:
         model.setup(data, vm, device)
-        partial = {}
+    model.bind(data, vm, gen)
     log = open(run_dir / 'metrics.jsonl', 'w')
     for r in run.history: log.write(json.dumps(r) + '\n')
     def record(r):
         run.history.append(r); log.write(json.dumps(r) + '\n'); log.flush()
-    if resume is None and tcfg.eval_at_start and tcfg.eval_every:
+    if ck is None and tcfg.eval_at_start and tcfg.eval_every:
         record({'kind': 'epoch', 'epoch': 0, 'step': 0, **evaluate(model, data, vm, tcfg, amp)})
-    bar = tqdm(total=prog.total_steps, initial=prog.step, disable=not tcfg.progress, mininterval=1.0, desc=method)
+    bar = tqdm(total=prog.total_steps, initial=prog.step, disable=not tcfg.progress, mininterval=1.0, desc=M.name)
     _call(callbacks, 'on_train_start', run)
     model.train()
     try:
@@ -269,26 +340,13 @@ def train(method='nnclr', dataset=None, epochs=None, preset='small', resume=None
                     window, ep_sums, ep_count, n_win = partial['window'], partial['ep_sums'], partial['ep_count'], partial['n_win']
                 t_ep = t_win = time.time()
                 for it in range(start_it if epoch == start_epoch else 0, spe):
-                    idx = perm[it * B:(it + 1) * B].to(data.train_x.device)
-                    x = data.train_x[idx].to(device, non_blocking=True)
-                    batch = dict(views=vm(x, gen), index=idx.to(device), labels=data.train_y[idx].to(device), images=x)
-                    if device.type == 'cuda': batch['views'] = [v.contiguous(memory_format=torch.channels_last) for v in batch['views']]
-                    set_schedule(opt, tcfg, prog)
-                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                        out = model.training_step(batch, prog)
-                    if not torch.isfinite(out.loss.detach()).item():
-                        terms = {k: _to_float(v) for k, v in out.terms.items()}
-                        raise NonFiniteLossError(f"loss is {out.loss.item()} at epoch {epoch} step {prog.step} (terms {terms}); "
-                            f"the run stopped. Last good checkpoint: {ck_file if ck_file.exists() else 'none yet'}"
+                    batch = make_batch(data, perm[it * B:(it + 1) * B], vm, gen, device)
+                    try: out = train_step(model, opt, batch, prog, tcfg, amp)
+                    except NonFiniteLossError as e:
+                        raise NonFiniteLossError(f"{e}; the run stopped. Last good checkpoint: {ck_file if ck_file.exists() else 'none yet'}"
                             f"{f'; resume with train(resume={str(run_dir)!r})' if ck_file.exists() else ''}. "
-                            "Try a lower lr, gradient clipping (grad_clip=...) or fp32 precision.")
-                    opt.zero_grad(set_to_none=True)
-                    out.loss.backward()
-                    if tcfg.grad_clip: nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-                    opt.step()
-                    model.after_step(prog)
-                    vals = {'loss/total': out.loss.detach(), **out.terms, **out.stats}
-                    for k, v in vals.items():
+                            "Try a lower lr, gradient clipping (grad_clip=...) or fp32 precision.") from None
+                    for k, v in {'loss/total': out.loss.detach(), **out.terms, **out.stats}.items():
                         v = v.detach() if torch.is_tensor(v) else v
                         window[k] = window.get(k, 0) + v; ep_sums[k] = ep_sums.get(k, 0) + v
                     ep_count += 1; n_win += 1; prog.step += 1; bar.update(1)
@@ -305,7 +363,7 @@ def train(method='nnclr', dataset=None, epochs=None, preset='small', resume=None
                         print(f"interrupted at step {prog.step}; checkpoint written. Continue with train(resume={str(run_dir)!r})")
                         return run
                 r = {'kind': 'epoch', 'epoch': epoch + 1, 'step': prog.step, **{k: _to_float(v) / max(1, ep_count) for k, v in ep_sums.items()},
-                     'time/epoch_s': time.time() - t_ep, **model.on_epoch_end(prog)}
+                     'time/epoch_s': time.time() - t_ep, **{k: (v.tolist() if torch.is_tensor(v) else v) for k, v in model.on_epoch_end(prog).items()}}
                 if tcfg.eval_every and ((epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs):
                     r.update(evaluate(model, data, vm, tcfg, amp))
                 record(r)
@@ -315,11 +373,7 @@ def train(method='nnclr', dataset=None, epochs=None, preset='small', resume=None
                     run.status = 'interrupted'
                     return run
         run.status = 'finished'
-        torch.save(backbone.state_dict(), run_dir / 'backbone.pt')
-        (run_dir / 'backbone.json').write_text(json.dumps(dict(backbone=tcfg.backbone, image_size=data.image_size,
-            cifar_stem=tcfg.cifar_stem if tcfg.cifar_stem is not None else data.image_size <= 64, feat_dim=backbone.feat_dim)))
-        from ssl_workbench.report import write_report
-        write_report(run, run_dir / 'report.html')
+        _finish(run, tcfg)
         _call(callbacks, 'on_train_end', run)
         return run
     finally:

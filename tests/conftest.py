@@ -16,4 +16,8 @@ METHOD_TINY = {
     'nnclr': dict(queue_size=256),
     'dino': dict(),
     'excb': dict(),
+    'all4one': dict(queue_size=128, proj_hidden=64, proj_dim=32, pred_hidden=64, ff_dim=64),
+    'barlow': dict(proj_hidden=64, proj_dim=64),
+    'simsiam': dict(),
+    'adasim': dict(window=1, topk=3),      # bootstraps in the second epoch: resume covers a full window
 }

@@ -11,7 +11,9 @@ def test_bench_augment_cli():
     assert 'ViewMaker on cpu' in out and 'ratio on-device / reference' in out
 
 def test_bench_step_cli():
-    for method in ('nnclr', 'excb', 'dino'):
+    for method in ('nnclr', 'excb', 'dino', 'simclr', 'all4one', 'barlow', 'simsiam', 'adasim'):
         out = run('step', '--method', method, '--backbone', 'convnet', '--preset', 'small', '--batch-size', '16',
                   '--image-size', '16', '--steps', '1', '--warmup', '1')
         assert 'ratio step / backbone passes' in out and method in out
+        if method == 'all4one': assert 'incl. 2 teacher view(s)' in out     # the momentum branch's passes
+        if method == 'barlow': assert 'incl. 0 teacher view(s)' in out

@@ -1,14 +1,13 @@
-"Learning checks on real CIFAR-10 images (../shared/data/cifar10-jpeg.tar.gz, or $SSL_WORKBENCH_CIFAR)."
+"""Learning checks on real images: the embedded CIFAR-10 subset (5,000 train / 2,000 test, 32×32), small CNN, CPU.
+Each has a budget of a few minutes on 2 cores; the thresholds sit below what was measured (printed by each test)."""
 import pytest, torch
-from ssl_workbench.data import load_dataset, shared_cifar_path
+from ssl_workbench.data import load_dataset
 from ssl_workbench.train import train
-
-CIFAR = shared_cifar_path()
-pytestmark = pytest.mark.skipif(CIFAR is None, reason='the shared CIFAR-10 tar is not available')
 
 @pytest.fixture(scope='module')
 def cifar():
-    return load_dataset('folder', path=CIFAR, train_per_class=500, test_per_class=200)
+    torch.set_num_threads(2)
+    return load_dataset('cifar10_5k')
 
 def test_excb_learns_and_keeps_clusters_balanced(tmp_path, cifar):
     "ExCB with the small CNN on 5,000 images: kNN top-1 on 2,000 test images clearly above initialisation, no empty cluster."
@@ -29,3 +28,35 @@ def test_nnclr_lifts_knn_above_random_init(tmp_path, cifar):
     init, final = run.epochs[0]['knn/top1'], run.last('knn/top1')
     print(f"NNCLR kNN: {init:.1f}% at init -> {final:.1f}%; nn/acc {run.last('nn/acc'):.3f}")
     assert final > init + 4.0
+
+def test_all4one_lifts_knn_above_random_init(tmp_path, cifar):
+    """All4One (`small` preset: convnet, all three objectives, momentum encoder, support set 1,024) on 5,000 images,
+    batch 64, 5 epochs (390 steps): kNN top-1 on 2,000 test images clearly above initialisation, every loss term
+    finite, the support set filled with real entries and no collapse. Budget: about 3 minutes on 2 idle cores."""
+    run = train('all4one', data=cifar, epochs=5, batch_size=64, eval_every=5, progress=False, run_dir=tmp_path / 'all4one')
+    init, final = run.epochs[0]['knn/top1'], run.last('knn/top1')
+    print(f"All4One kNN: {init:.1f}% at init -> {final:.1f}%; nn/acc {run.last('nn/acc'):.3f}; z/std {run.last('z/std'):.3f}; "
+          f"terms nn {run.last('loss/nn'):.3f} centroid {run.last('loss/centroid'):.3f} redundancy {run.last('loss/redundancy'):.3f}")
+    assert final > init + 3.0
+    assert (run.method.queue.labels >= 0).all() and run.last('z/std') > 0.02
+
+def test_adasim_dino2_learns_and_bootstraps(tmp_path, cifar):
+    """DINO-2 + AdaSim, small CNN, 5,000 train / 2,000 test images, batch 64, 4 epochs, w = 1 so that bootstrapping
+    may start in the second epoch: kNN top-1 (on the teacher) above initialisation, bootstrap/ratio > 0 after the
+    window is full and 0 before."""
+    run = train('adasim', data=cifar, epochs=4, batch_size=64, window=1, topk=3, eval_every=4, progress=False,
+                run_dir=tmp_path / 'adasim')
+    init, final = run.epochs[0]['knn/top1'], run.last('knn/top1')
+    ratios = [r['bootstrap/ratio'] for r in run.epochs[1:]]
+    print(f"AdaSim (DINO-2) kNN: {init:.1f}% at init -> {final:.1f}%; bootstrap/ratio per epoch {[round(r, 4) for r in ratios]}; "
+          f"nn/acc2 {run.last('nn/acc2'):.3f}; nn/self_top1 {run.last('nn/self_top1'):.3f}; z/std {run.last('z/std'):.4f}")
+    assert ratios[0] == 0 and max(ratios[1:]) > 0
+    assert final > init + 2.0
+
+def test_simclr_reference(tmp_path, cifar):
+    """SimCLR's `small` preset (batch 256, SGD lr 0.12, wd 5e-4, 10 epochs = 190 steps): the reference a harness must
+    reproduce; a bare training loop with this recipe reached 40.2% from 29.4% on these images."""
+    run = train('simclr', data=cifar, eval_every=10, progress=False, run_dir=tmp_path / 'simclr')
+    init, final = run.epochs[0]['knn/top1'], run.last('knn/top1')
+    print(f"SimCLR kNN: {init:.1f}% at init -> {final:.1f}%; contrastive/acc1 {run.last('contrastive/acc1'):.3f}")
+    assert final > init + 5.0

@@ -85,3 +85,33 @@ def test_preset_cifar_resolves_paper_recipe(name, k_key, k):
     assert tc.backbone == 'resnet18' and tc.dataset == 'cifar10' and getattr(mc, k_key) == k
     ns = notebook_namespace(name, preset='small', epochs=3)
     assert ns['overrides'] == {'epochs': 3} and ns['train_cfg'].backbone == 'convnet'
+
+@pytest.mark.parametrize('name, params', [
+    ('train_all4one', dict(epochs=2, train_per_class=20, batch_size=64, queue_size=128)),
+    ('train_adasim', dict(epochs=2, dataset='digits', train_per_class=20, batch_size=64, window=1, topk=3, n_queries=2)),
+])
+def test_other_train_notebooks_headless(tmp_path, name, params):
+    "Every train notebook ends its training cells with static figures of the final state and keeps widget state small."
+    nb, out = run_notebook(name, tmp_path, run_dir=str(tmp_path / 'runs' / 'run'), show_umap=False, **params)
+    figs = [o['data'][PLOTLY] for o in outputs(nb) if PLOTLY in o.get('data', {})]
+    assert figs, 'no plotly figure kept in the output notebook'
+    knn = [t for f in figs for t in f['data'] if str(t.get('name', '')).endswith('knn/top1')]
+    assert knn and max(len(t['y']) for t in knn) == params['epochs'] + 1     # the final state, not a first figure
+    widgets = json.dumps(nb['metadata'].get('widgets', {}))
+    assert len(widgets) < 300_000 and PLOTLY not in widgets
+    assert out.stat().st_size < 3_000_000
+
+def test_adasim_notebook_compares_variants(tmp_path):
+    "train_adasim trains base, +NN and +AdaSim at the same budget and keeps the per-epoch diagnostics and the neighbour grid."
+    nb, _ = run_notebook('train_adasim', tmp_path, epochs=2, dataset='digits', train_per_class=20, batch_size=64,
+                         window=1, topk=3, n_queries=2, base='simsiam', run_dir=str(tmp_path / 'run'))
+    figs = [o['data']['application/vnd.plotly.v1+json'] for o in outputs(nb) if 'application/vnd.plotly.v1+json' in o.get('data', {})]
+    diag = next(f for f in figs if 'AdaSim diagnostics' in str(f['layout'].get('title', '')))
+    names = {t.get('name') for t in diag['data']}
+    assert names == {'simsiam', 'simsiam + NN', 'simsiam + AdaSim'}
+    grid = next(f for f in figs if 'p_win' in str(f['layout'].get('title', '')))
+    assert sum(t['type'] == 'image' for t in grid['data']) >= 2
+    table = next(''.join(o['data']['text/markdown']) for o in outputs(nb) if 'text/markdown' in o.get('data', {}) and '| run |' in ''.join(o['data']['text/markdown']))
+    assert '| simsiam + AdaSim |' in table and '| simsiam + NN |' in table and 'bootstrap/ratio' in table
+    for v in ('nn', 'none'): assert (tmp_path / f'run-{v}' / 'checkpoints' / 'last.pt').exists()
+

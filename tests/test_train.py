@@ -93,8 +93,8 @@ def test_labels_never_change_the_loss(tmp_path, digits):
         assert all(torch.equal(pa[k], pb[k]) for k in pa), method    # buffers may hold labels for monitoring
 
 @pytest.mark.parametrize('call, match', [
-    (lambda d, p: train('simclr', data=d), "choose one of \\['nnclr'"),
-    (lambda d, p: train('nnclr', dataset='imagenet'), "choose one of \\['digits'"),
+    (lambda d, p: train('byol', data=d), "choose one of \\['nnclr'"),
+    (lambda d, p: train('nnclr', dataset='imagenet'), "choose one of \\['cifar10_5k', 'digits'"),
     (lambda d, p: train('nnclr', data=d, quue_size=64), "unknown key.*train keys"),
     (lambda d, p: train('nnclr', data=d, preset='huge'), "preset='huge'.*'small'"),
     (lambda d, p: train('nnclr', data=d, run_dir=p, **kw(queue_size=100)), "multiple of the batch size 64"),

@@ -11,10 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ..core import Config, Method, StepOutput, check_range, check_choice
 from ..blocks import mlp, make_teacher, ema_update_, cosine_momentum, CosinePrototypes, ClusterSizeTracker
-from ..metrics import ClusterMonitor
+from ..distill import encode_by_size, head_init_, pair_ce, cluster_stats, ClusterMonitorMixin
 
 # %% auto #0
-__all__ = ['teacher_temp_at', 'pair_ce', 'cluster_stats', 'head_init_', 'DINOConfig', 'DINO']
+__all__ = ['teacher_temp_at', 'DINOConfig', 'DINO']
 
 # %% ../../nbs/11_methods.dino.ipynb #3ee7da95
 def teacher_temp_at(epoch, warmup_temp, temp, warmup_epochs):
@@ -23,60 +23,8 @@ def teacher_temp_at(epoch, warmup_temp, temp, warmup_epochs):
     if warmup_epochs == 1: return warmup_temp
     return warmup_temp + (temp - warmup_temp) * epoch / (warmup_epochs - 1)
 
-def pair_ce(p_t, student_logits, student_temp):
-    "Matrix (U × V) of batch-mean cross-entropies H(p_t[u], softmax(s[v]/τ_s)); `p_t` U×B×K, `student_logits` V×B×K."
-    dt = torch.promote_types(torch.promote_types(student_logits.dtype, p_t.dtype), torch.float32)  # ≥ fp32 under autocast
-    logp = F.log_softmax(student_logits.to(dt) / student_temp, dim=-1)
-    return -torch.einsum('ubk,vbk->uv', p_t.to(dt), logp) / p_t.shape[1]
-
-@torch.no_grad()
-def cluster_stats(p_t, tracker, pre_argmax):
-    "Per-step cluster metrics from teacher probabilities `p_t` (G×B×K) and the argmax before the centring/balancing."
-    conf, assign = p_t.max(-1)
-    G = p_t.shape[0]
-    agree = [(assign[u] == assign[w]).float().mean() for u in range(G) for w in range(G) if u != w]
-    rel = tracker.relative()
-    return assign, {'clusters/confidence': conf.mean().item(), 'clusters/min_rel': rel.min().item(),
-                    'clusters/max_rel': rel.max().item(),
-                    'clusters/agreement': torch.stack(agree).mean().item() if agree else float('nan'),
-                    'clusters/changed': (assign != pre_argmax).float().mean().item()}
-
-class _MonitorMixin:
-    "Holds a `ClusterMonitor` (built in `setup` from the dataset's classes, or lazily from the labels seen)."
-    _monitor = None
-    def _monitor_update(self, assign, labels):
-        need = int(labels.max()) + 1 if labels.numel() else 1
-        if self._monitor is None or (self._monitor_lazy and need > self._monitor.c):
-            self._monitor, self._monitor_lazy = ClusterMonitor(self.n_clusters, max(need, 1)), True
-        G = assign.shape[0]
-        self._monitor.update(assign.reshape(-1), labels.repeat(G))
-    def _monitor_setup(self, num_classes):
-        self._monitor, self._monitor_lazy = ClusterMonitor(self.n_clusters, num_classes), False
-    def on_epoch_end(self, progress):
-        if self._monitor is None: return {}
-        out = self._monitor.summary(); self._monitor.reset()
-        return out
-    def get_extra_state(self):
-        "The monitor's classes and counts of the epoch so far, so that a mid-epoch resume keeps the epoch metrics exact."
-        mon = self._monitor
-        return {'num_classes': -1 if mon is None or self._monitor_lazy else mon.c,
-                'joint': None if mon is None or mon.joint is None else mon.joint.cpu()}
-    def set_extra_state(self, state):
-        nc, joint = state['num_classes'], state['joint']
-        if nc > 0 or joint is not None:
-            self._monitor_setup(nc if nc > 0 else joint.shape[1])
-            self._monitor_lazy = nc <= 0
-            if joint is not None: self._monitor.joint = joint.to(next(self.buffers()).device)
 
 # %% ../../nbs/11_methods.dino.ipynb #c21d12d9
-def head_init_(module):
-    "Released-code initialisation of the head's linear layers (truncated normal, std 0.02, zero bias)."
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None: nn.init.zeros_(m.bias)
-    return module
-
 @dataclass
 class DINOConfig(Config):
     "DINO hyper-parameters (defaults: the released code with the recommended 0.04 → 0.07 teacher-temperature warm-up)."
@@ -110,18 +58,19 @@ class DINOConfig(Config):
 _IMAGENET = dict(dataset='folder', image_size=224, backbone='resnet50', epochs=400, batch_size=1024, optimizer='sgd',
                  weight_decay=1e-4, warmup_epochs=10)
 
-class DINO(_MonitorMixin, Method):
+class DINO(ClusterMonitorMixin, Method):
     "DINO: cross-view cross-entropy between a centred, sharpened EMA teacher and the student."
     name, config_class = 'dino', DINOConfig
+    eval_teacher = True                 # kNN on the EMA teacher, as the paper reports
     presets = {
         'imagenet': dict(train=dict(_IMAGENET, lr=0.03),
                          method=dict(out_dim=65536, n_global=2, n_local=6, local_size=96)),
         'cifar': dict(train=dict(dataset='cifar10', backbone='resnet18', epochs=400, batch_size=256, optimizer='sgd',
                                  lr=0.03, weight_decay=1e-4, warmup_epochs=10),
                       method=dict(out_dim=2048, augment='cifar', n_global=2, n_local=0)),
-        'small': dict(train=dict(backbone='convnet', epochs=20, batch_size=128, optimizer='sgd', lr=0.3,
+        'small': dict(train=dict(backbone='convnet', epochs=5, batch_size=64, optimizer='sgd', lr=0.3,
                                  weight_decay=1e-5, warmup_epochs=2),
-                      method=dict(out_dim=64, hidden_dim=512, bottleneck_dim=128, augment='cifar', n_global=2,
+                      method=dict(out_dim=256, hidden_dim=512, bottleneck_dim=128, augment='cifar', n_global=2,
                                   n_local=0, warmup_teacher_temp_epochs=5, size_momentum=0.99))}
     def __init__(self, cfg, backbone, batch_size=256, n_train=None):
         super().__init__(cfg, backbone, batch_size, n_train)
@@ -135,15 +84,9 @@ class DINO(_MonitorMixin, Method):
         self.sizes = ClusterSizeTracker(c.out_dim, c.size_momentum)   # monitoring only
     def setup(self, data, view_maker, device): self._monitor_setup(data.num_classes)
     def _student(self, views, freeze):
-        "Student logits V×B×K; views of equal size share one backbone pass."
-        outs, i = [], 0
-        while i < len(views):
-            j = i
-            while j < len(views) and views[j].shape == views[i].shape: j += 1
-            h = self.head(self.backbone(torch.cat(views[i:j])))
-            outs.append(self.prototypes(h, detach_weight=freeze).view(j - i, views[i].shape[0], -1))
-            i = j
-        return torch.cat(outs)
+        "Student logits V×B×K: one backbone pass per group of equal-size views, the head over all views together."
+        V, B = len(views), views[0].shape[0]
+        return self.prototypes(self.head(encode_by_size(self.backbone, views)), detach_weight=freeze).view(V, B, -1)
     @torch.no_grad()
     def _teacher(self, views):
         G, B = len(views), views[0].shape[0]
@@ -161,8 +104,8 @@ class DINO(_MonitorMixin, Method):
         assign, stats = cluster_stats(p_t, self.sizes, t.argmax(-1))
         self._monitor_update(assign, batch['labels'])
         self._pending = (t.mean((0, 1)), assign)
-        stats['dino/teacher_temp'] = temp
-        stats['dino/entropy'] = -(p_t * p_t.clamp_min(1e-12).log()).sum(-1).mean().item()
+        stats['dino/teacher_temp'] = torch.tensor(temp)
+        stats['dino/entropy'] = -(p_t * p_t.clamp_min(1e-12).log()).sum(-1).mean()
         return StepOutput(loss, {'loss/dino': loss.detach()}, stats)
     @property
     def teacher_views(self): return self.cfg.n_global

@@ -4,16 +4,19 @@
 
 # %% ../../nbs/12_methods.excb.ipynb #a699b472
 from __future__ import annotations
+import math
 from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..core import Config, ConfigError, Method, StepOutput, check_range, check_choice, l2n, split_decay
 from ..blocks import mlp, make_teacher, ema_update_, cosine_momentum, CosinePrototypes, ClusterSizeTracker
-from .dino import head_init_, pair_ce, cluster_stats, _MonitorMixin
+from ..distill import encode_by_size, head_init_, pair_ce, cluster_stats, ClusterMonitorMixin
+from ..augment import set_crop_scales
 
 # %% auto #0
-__all__ = ['LOSS_PAIRS', 'KMEANS_INIT', 'HEADS', 'balance', 'excb_weights', 'excb_loss', 'ExCBConfig', 'spherical_kmeans', 'ExCB']
+__all__ = ['LOSS_PAIRS', 'KMEANS_INIT', 'HEADS', 'SIZE_UPDATES', 'CROPS', 'RELEASED_CROP_MIN', 'balance', 'excb_weights',
+           'excb_loss', 'released_crop_min', 'excb_crop_scales', 'ExCBConfig', 'spherical_kmeans', 'ExCB']
 
 # %% ../../nbs/12_methods.excb.ipynb #25c2809a
 def balance(z, s, released_extras=True):
@@ -34,10 +37,11 @@ def balance(z, s, released_extras=True):
     return zb
 
 # %% ../../nbs/12_methods.excb.ipynb #353804e0
-LOSS_PAIRS = ('paper', 'algorithm1', 'released')
+LOSS_PAIRS = ('released', 'paper', 'algorithm1')
 
-def excb_weights(G, V, pairs='paper', device=None, dtype=torch.float32):
-    "Weights (G × V) of the direct and of the predictor cross-entropies."
+def excb_weights(G, V, pairs='released', device=None, dtype=torch.float32):
+    """Weights (G × V) of the direct and of the predictor cross-entropies: 'released' (the code's pairs, one mean),
+    'algorithm1' (Eq. 7 / Alg. 1 as printed), 'paper' (Alg. 1 divided by G)."""
     direct = torch.ones(G, V, device=device, dtype=dtype); direct[:, :G].fill_diagonal_(0)
     pred = torch.ones(G, V, device=device, dtype=dtype)
     if pairs == 'released':
@@ -47,8 +51,8 @@ def excb_weights(G, V, pairs='paper', device=None, dtype=torch.float32):
     norm = 1.0 if pairs == 'algorithm1' else float(G)
     return direct * 0.5 / ((V - 1) * norm), pred * 0.5 / (V * norm)
 
-def excb_loss(p_t, zh, zg, student_temp=0.1, pairs='paper'):
-    "ExCB's loss (Eq. 7 / Alg. 1): `(loss, direct_term, predictor_term)` with `direct + predictor = loss`."
+def excb_loss(p_t, zh, zg, student_temp=0.1, pairs='released'):
+    "ExCB's loss (`pairs` as in `excb_weights`): `(loss, direct_term, predictor_term)` with `direct + predictor = loss`."
     G, V = p_t.shape[0], zh.shape[0]
     ceh = pair_ce(p_t, zh, student_temp)
     wd, wg = excb_weights(G, V, pairs, p_t.device, ceh.dtype)
@@ -59,6 +63,23 @@ def excb_loss(p_t, zh, zg, student_temp=0.1, pairs='paper'):
 # %% ../../nbs/12_methods.excb.ipynb #bec88c50
 KMEANS_INIT = ('auto', 'on', 'off')
 HEADS = ('auto', 'resnet', 'vit')
+SIZE_UPDATES = ('released', 'algorithm1')
+CROPS = ('paper', 'released', 'recipe')
+RELEASED_CROP_MIN = (0.26, 0.14)       # released code: global minimum crop scale at epoch 0 and at the end
+
+def released_crop_min(epoch, epochs):
+    "The released code's global minimum crop scale at `epoch`: a cosine from 0.26 (epoch 0) to 0.14 (epoch `epochs`)."
+    start, end = RELEASED_CROP_MIN
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * epoch / epochs))
+
+def excb_crop_scales(crops, n_local, global_min=None):
+    """(global, local) crop scales: 'paper' — (0.2, 1) and (0.05, 0.2) with local views, (0.14, 1) without;
+    'released' — (`global_min`, 1) and (0.05, `global_min`), `global_min` 0.26 by default (epoch 0);
+    'recipe' — (None, None), the augment recipe's."""
+    if crops == 'recipe': return None, None
+    if crops == 'paper': return ((0.2, 1.0) if n_local else (0.14, 1.0)), (0.05, 0.2)
+    lo = RELEASED_CROP_MIN[0] if global_min is None else global_min
+    return (lo, 1.0), (0.05, lo)
 
 @dataclass
 class ExCBConfig(Config):
@@ -74,7 +95,9 @@ class ExCBConfig(Config):
     size_momentum: float = 0.999
     ema_momentum: float = 0.996
     released_extras: bool = True
-    loss_pairs: str = 'paper'
+    loss_pairs: str = 'released'       # 'released' | 'paper' (Alg. 1 / G) | 'algorithm1'
+    size_update: str = 'released'      # 'released': after balancing, from the balanced argmax | 'algorithm1': before
+    crops: str = 'paper'               # 'paper' | 'released' (annealed 0.26 → 0.14) | 'recipe' (the augment recipe's)
     local_centroid_grads: bool = False
     centroid_wd_mult_start: float = 10.0
     kmeans_init: str = 'auto'
@@ -96,6 +119,7 @@ class ExCBConfig(Config):
         check_range('n_local', self.n_local, 0)
         if self.local_size is not None: check_range('local_size', self.local_size, 1)
         check_choice('head', self.head, HEADS); check_choice('loss_pairs', self.loss_pairs, LOSS_PAIRS)
+        check_choice('size_update', self.size_update, SIZE_UPDATES); check_choice('crops', self.crops, CROPS)
         check_choice('kmeans_init', self.kmeans_init, KMEANS_INIT); check_choice('augment', self.augment, RECIPES)
         if self.n_global + self.n_local < 2: check_range('n_global + n_local', self.n_global + self.n_local, 2)
 
@@ -119,20 +143,22 @@ def spherical_kmeans(x, k, iters=50, restarts=3, generator=None):
 
 def _is_vit(backbone): return type(backbone).__name__ == 'VisionTransformer'
 
-class ExCB(_MonitorMixin, Method):
+class ExCB(ClusterMonitorMixin, Method):
     "ExCB: teacher–student clustering with explicit, size-based cluster balancing."
     name, config_class = 'excb', ExCBConfig
+    eval_teacher = True                 # kNN on the EMA teacher, as the paper reports
     presets = {
         'imagenet': dict(train=dict(dataset='folder', image_size=224, backbone='resnet50', epochs=400, batch_size=1024,
                                     optimizer='sgd', lr=0.15, weight_decay=1e-4, warmup_epochs=10, final_lr_frac=1e-4),
-                         method=dict(n_clusters=65536, augment='multicrop', n_global=2, n_local=6, local_size=96)),
+                         method=dict(n_clusters=65536, augment='multicrop', n_global=2, n_local=6, local_size=96,
+                                     crops='paper')),
         'cifar': dict(train=dict(dataset='cifar10', backbone='resnet18', epochs=400, batch_size=256, optimizer='sgd',
                                  lr=0.15, weight_decay=1e-4, warmup_epochs=10, final_lr_frac=1e-4),
-                      method=dict(n_clusters=2048, augment='cifar', n_global=2, n_local=0)),
-        'small': dict(train=dict(backbone='convnet', epochs=20, batch_size=128, optimizer='sgd', lr=0.3,
+                      method=dict(n_clusters=2048, augment='cifar', n_global=2, n_local=0, crops='recipe')),
+        'small': dict(train=dict(backbone='convnet', epochs=5, batch_size=64, optimizer='sgd', lr=0.3,
                                  weight_decay=1e-5, warmup_epochs=2),
-                      method=dict(n_clusters=64, proj_hidden=512, proj_dim=128, pred_hidden=512, augment='cifar',
-                                  n_global=2, n_local=0, size_momentum=0.99))}
+                      method=dict(n_clusters=256, proj_hidden=512, proj_dim=128, pred_hidden=512, augment='cifar',
+                                  n_global=2, n_local=0, size_momentum=0.99, crops='recipe'))}
     def __init__(self, cfg, backbone, batch_size=256, n_train=None):
         super().__init__(cfg, backbone, batch_size, n_train)
         c = cfg
@@ -146,6 +172,9 @@ class ExCB(_MonitorMixin, Method):
         self.teacher_backbone, self.teacher_projector = make_teacher(backbone), make_teacher(self.projector)
         self.teacher_centroids = make_teacher(self.centroids)
         self.sizes = ClusterSizeTracker(c.n_clusters, c.size_momentum)
+        if c.crops == 'released':        # the current global minimum crop scale, in the state so that resuming is exact
+            self.register_buffer('crop_min_scale', torch.tensor(RELEASED_CROP_MIN[0], dtype=torch.float64))
+        self._view_maker = None
     def _check_kmeans(self, n):
         if self.cfg.n_clusters >= n:
             raise ConfigError(f"kmeans_init='on' needs fewer clusters than training images: n_clusters={self.cfg.n_clusters} "
@@ -177,16 +206,25 @@ class ExCB(_MonitorMixin, Method):
         self._check_kmeans(n)
         idx = torch.randperm(n)[:c.kmeans_max_samples]
         self.kmeans_empty = self.init_centroids(self.teacher_projections(data.train_x[idx.to(data.train_x.device)], view_maker.normalize))
+    # --- views: ExCB's crop scales ---------------------------------------------------------------------------
+    def view_specs(self, image_size):
+        "The `augment` recipe's views with ExCB's crop scales (`crops`; 'released': the current annealed minimum)."
+        gmin = float(self.crop_min_scale) if self.cfg.crops == 'released' else None
+        return set_crop_scales(super().view_specs(image_size), self.cfg.n_global,
+                               *excb_crop_scales(self.cfg.crops, self.cfg.n_local, gmin))
+    def bind(self, data, view_maker, generator):
+        "Keeps the trainer's view maker: with `crops='released'` its scales follow the state (set here, then at each epoch start)."
+        self._view_maker = view_maker
+        if self.cfg.crops == 'released': self._set_crop_min(float(self.crop_min_scale))
+    def _set_crop_min(self, global_min):
+        if self._view_maker is not None:
+            self._view_maker.specs = set_crop_scales(self._view_maker.specs, self.cfg.n_global,
+                                                     *excb_crop_scales('released', self.cfg.n_local, global_min))
     # --- training ---------------------------------------------------------------------------------------------
     def _student(self, views):
         "Direct and predictor similarities (V×B×K each). Projector/predictor BN see all views together, as released."
         G, B = self.cfg.n_global, views[0].shape[0]
-        feats, i = [], 0
-        while i < len(views):                                  # one backbone pass per run of equal-size views
-            j = i
-            while j < len(views) and views[j].shape == views[i].shape: j += 1
-            feats.append(self.backbone(torch.cat(views[i:j]))); i = j
-        h = self.projector(torch.cat(feats))
+        h = self.projector(encode_by_size(self.backbone, views))
         zh = torch.cat([self.centroids(h[:G * B]),
                         self.centroids(h[G * B:], detach_weight=not self.cfg.local_centroid_grads)])
         zg = self.centroids(self.predictor(h), detach_weight=True) if self.predictor is not None else None
@@ -199,20 +237,32 @@ class ExCB(_MonitorMixin, Method):
         return z.view(G, B, -1).float()
     def training_step(self, batch, progress):
         c, views = self.cfg, batch['views']
-        zt = self._teacher(views[:c.n_global])
-        zb = balance(zt, self.sizes.s, c.released_extras)
+        zt = self._teacher(views[:c.n_global])           # fp32 also under autocast (CosinePrototypes)
+        s = self.sizes.s
+        if c.size_update == 'algorithm1':                # Alg. 1: update from the unbalanced argmax, then balance
+            m_s = self.sizes.momentum
+            s = m_s * s + (1 - m_s) * self.sizes.batch_sizes(zt.argmax(-1))
+        zb = balance(zt, s, c.released_extras)
         p_t = F.softmax(zb / c.teacher_temp, dim=-1)
         zh, zg = self._student(views)
         loss, direct, pred = excb_loss(p_t, zh, zg, c.student_temp, c.loss_pairs)
         assign, stats = cluster_stats(p_t, self.sizes, zt.argmax(-1))
+        if c.size_update == 'algorithm1':                # report the sizes this step was balanced with
+            rel = s * s.numel() / s.sum()
+            stats['clusters/min_rel'], stats['clusters/max_rel'] = rel.min(), rel.max()
         self._monitor_update(assign, batch['labels'])
-        self._assign = assign
+        self._pending = assign if c.size_update == 'released' else s
         return StepOutput(loss, {'loss/direct': direct.detach(), 'loss/predictor': pred.detach()}, stats)
     @property
     def teacher_views(self): return self.cfg.n_global
     @torch.no_grad()
     def after_step(self, progress):
-        self.sizes.update(self._assign)
+        if self.cfg.size_update == 'released': self.sizes.update(self._pending)
+        else: self.sizes.s.copy_(self._pending)
+        if self.cfg.crops == 'released' and (progress.step + 1) % progress.steps_per_epoch == 0:   # next step starts an epoch
+            gmin = released_crop_min((progress.step + 1) // progress.steps_per_epoch, progress.epochs)
+            self.crop_min_scale.fill_(gmin)
+            self._set_crop_min(gmin)
         m = cosine_momentum(self.cfg.ema_momentum, progress.step, progress.total_steps)
         for tm, sm in ((self.teacher_backbone, self.backbone), (self.teacher_projector, self.projector),
                        (self.teacher_centroids, self.centroids)):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import torch
 from ..core import Config, Method, StepOutput, check_range, check_choice, l2n
-from ..blocks import mlp, Queue, nnclr_loss, nn_stats
+from ..blocks import mlp, Queue, nnclr_loss, nn_stats, embedding_std
 from ..augment import RECIPES
 
 # %% auto #0
@@ -51,7 +51,7 @@ class NNCLR(Method):
         loss = nnclr_loss(nn1[:, 0], p2, self.cfg.temperature) / 2 + nnclr_loss(nn2[:, 0], p1, self.cfg.temperature) / 2
         self._push = (z1.detach(), batch['labels'], batch['index'])
         stats = nn_stats(nl1[:, 0], ni1[:, 0], batch['labels'], batch['index'])
-        stats['z/std'] = l2n(z1.detach().float()).std(0).mean().item()
+        stats['z/std'] = embedding_std(z1)
         return StepOutput(loss, {'loss/nnclr': loss.detach()}, stats)
     def after_step(self, progress):
         self.queue.push(*self._push)
