@@ -7,7 +7,7 @@ ARGS ?=
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export PYTHONHASHSEED := 0
 
-.PHONY: install experiment test
+.PHONY: install experiment test browser
 
 $(VENV)/.installed: settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ experiment: install
 	mkdir -p runs
 	$(BIN)/papermill nbs/train_excb.ipynb runs/train_excb.out.ipynb -k python3 $(ARGS)
 
-test: install
+# Chromium for tests/test_browser.py (Debian's package; Playwright drives it, no `playwright install`).
+# Without root or apt the browser test skips with its reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+	        echo "chromium could not be installed: tests/test_browser.py will skip"; \
+	    else echo "no chromium and no root apt-get: tests/test_browser.py will skip"; fi; }
+
+test: install browser
 	$(BIN)/nbdev_test --n_workers 2
 	$(BIN)/python -m pytest -q tests

@@ -526,7 +526,7 @@ def train_step(model, opt, batch, prog, tcfg, amp=None, clock=None, guard=None):
 # %% ../nbs/06_train.ipynb #a2f533f2
 def _finish(run, tcfg):
     "Export the evaluated backbone (torchvision names) with its description, and the HTML report."
-    from ssl_workbench.dashboard import write_report
+    from ssl_workbench.report import write_report
     bb, d = run.method.eval_backbones()[''], run.data
     torch.save(bb.state_dict(), run.run_dir / 'backbone.pt')
     (run.run_dir / 'backbone.json').write_text(json.dumps(dict(backbone=tcfg.backbone, image_size=d.image_size,
