@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['METHOD_NAMES', 'DEVICES', 'ConfigError', 'check_choice', 'check_range', 'Config', 'StepOutput', 'Progress', 'l2n',
-           'Method', 'split_decay', 'get_method_class', 'get_device', 'seed_everything']
+__all__ = ['METHOD_NAMES', 'METHOD_MODULES', 'DEVICES', 'ConfigError', 'check_choice', 'check_range', 'Config', 'StepOutput',
+           'Progress', 'l2n', 'Method', 'split_decay', 'get_method_class', 'get_device', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #34b2af6a
 class ConfigError(ValueError):
@@ -108,12 +108,13 @@ def split_decay(named_params, weight_decay, **extra):
     return [g for g in groups if g['params']]
 
 # %% ../nbs/00_core.ipynb #2ec9c678
-METHOD_NAMES = ('nnclr', 'dino', 'excb')
+METHOD_NAMES = ('nnclr', 'dino', 'excb', 'jcl', 'mocov2')
+METHOD_MODULES = {'mocov2': 'jcl'}   # methods defined in another method's module (a preset-like subclass)
 
 def get_method_class(name):
     "The `Method` subclass called `name`."
     check_choice('method', name, METHOD_NAMES)
-    mod = importlib.import_module(f'ssl_workbench.methods.{name}')
+    mod = importlib.import_module(f'ssl_workbench.methods.{METHOD_MODULES.get(name, name)}')
     return next(v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, Method) and v.name == name)
 
 # %% ../nbs/00_core.ipynb #52991540

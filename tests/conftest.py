@@ -16,4 +16,6 @@ METHOD_TINY = {
     'nnclr': dict(queue_size=256),
     'dino': dict(),
     'excb': dict(),
+    'jcl': dict(queue_size=256),
+    'mocov2': dict(queue_size=256),
 }
