@@ -12,7 +12,8 @@ def cifar():
 
 def test_jcl_lifts_knn_above_random_init(tmp_path, cifar):
     """JCL (small preset: 7-layer CNN, M' = 4, λ = 2 ramped, split-batch BN) on 5,000 images, batch 64, 3 epochs
-    (234 steps): kNN top-1 on 2,000 test images clearly above initialisation, no collapse, positives found."""
+    (234 steps): kNN top-1 on 2,000 test images clearly above initialisation and no collapse. Measured 29.4% -> 36.9%
+    (MoCo v2 at the same budget: 33.6%; see the JCL notebook)."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     run = train('jcl', data=cifar, epochs=3, batch_size=64, eval_every=3, progress=False, device='cpu',
                 run_dir=tmp_path / 'jcl')
