@@ -127,6 +127,7 @@ def bench_step(method="nnclr", backbone: str = "resnet18", batch_size: int = 64,
     amp = torch.bfloat16 if device.type == "cuda" else None
     ref_bb = copy.deepcopy(model.backbone); teacher_bb = copy.deepcopy(model.backbone).eval()
     n_teacher = model.teacher_views
+    n_student = getattr(model, "student_views", None) or len(vm.specs)   # views through the trained backbone
     prog = Progress(step=0, steps_per_epoch=1000, epochs=100)
     t = {k: [] for k in ("views", "forward", "backward", "optimizer", "bb_forward", "bb_backward")}
     def clock(): _sync(device); return time.perf_counter()
@@ -137,7 +138,7 @@ def bench_step(method="nnclr", backbone: str = "resnet18", batch_size: int = 64,
                    clock=lambda phase: marks.append(clock()))
         prog.step += 1
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            feats = [ref_bb(v) for v in views]
+            feats = [ref_bb(v) for v in views[:n_student]]
             with torch.no_grad(): [teacher_bb(v) for v in views[:n_teacher]]
         marks.append(clock()); sum(f.float().mean() for f in feats).backward(); ref_bb.zero_grad(set_to_none=True)
         marks.append(clock())
@@ -147,21 +148,46 @@ def bench_step(method="nnclr", backbone: str = "resnet18", batch_size: int = 64,
     r["step"] = r["forward"] + r["backward"] + r["optimizer"]
     r["backbone"] = r["bb_forward"] + r["bb_backward"]
     r["ratio"] = r["step"] / r["backbone"]
+    r["student_views"], r["teacher_views"] = n_student, n_teacher
     if verbose:
         print(f"{M.name} ({preset} preset heads) on {backbone}, batch {batch_size} × {len(views)} views of "
               f"{tuple(v.shape[-1] for v in views)} px, {device}, threads {torch.get_num_threads()}, "
               f"{'channels-last' if channels_last else 'contiguous'}, {'bf16' if amp else 'fp32'}; median of {steps} steps")
         print(f"  step      {r['step']:.3f} s  (forward {r['forward']:.3f}, backward {r['backward']:.3f}, "
               f"optimizer+after_step {r['optimizer']:.3f}); views {r['views']:.3f} s extra")
-        print(f"  backbone  {r['backbone']:.3f} s  (forward {r['bb_forward']:.3f} incl. {n_teacher} teacher view(s), "
-              f"backward {r['bb_backward']:.3f})")
+        print(f"  backbone  {r['backbone']:.3f} s  (forward {r['bb_forward']:.3f}: {n_student} student + {n_teacher} teacher "
+              f"view(s), backward {r['bb_backward']:.3f})")
         print(f"  ratio step / backbone passes: {r['ratio']:.2f}")
     return r
 
+def _value(text):
+    "A command-line value: a Python literal if it parses as one, else the string."
+    import ast
+    try: return ast.literal_eval(text)
+    except (ValueError, SyntaxError): return text
+
+def _key_values(items, what):
+    out = {}
+    for it in items or []:
+        if "=" not in it: raise ValueError(f"{what} expects KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1); out[k.strip()] = v
+    return out
+
 def _step(args):
+    "Run `bench_step`; `--set` passes config overrides, `--sweep KEY=V1,V2,...` repeats it per value and tabulates."
     if args.threads: torch.set_num_threads(args.threads)
-    return bench_step(args.method, args.backbone, args.batch_size, args.image_size, args.steps, args.warmup,
-                      args.device, args.preset, not args.contiguous)
+    overrides = {k: _value(v) for k, v in _key_values(args.set, "--set").items()}
+    run = lambda **o: bench_step(args.method, args.backbone, args.batch_size, args.image_size, args.steps, args.warmup,
+                                 args.device, args.preset, not args.contiguous, **{**overrides, **o})
+    if not args.sweep: return run()
+    (key, values), = _key_values([args.sweep], "--sweep").items()
+    rows = {v: run(**{key: v}) for v in map(_value, values.split(","))}
+    print(f"\n{args.method}: {key} sweep (seconds per step, median)")
+    print(f"  {key:>10} | step s | backbone passes s | ratio | step / first step")
+    first = next(iter(rows.values()))["step"]
+    for v, r in rows.items():
+        print(f"  {v!s:>10} | {r['step']:6.3f} | {r['backbone']:17.3f} | {r['ratio']:5.2f} | {r['step'] / first:5.2f}")
+    return rows
 
 # %% ../nbs/08_bench.ipynb #4e1cf350
 def _augment(args):
@@ -197,6 +223,10 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="warm-up steps (default: 2)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--contiguous", action="store_true", help="no channels-last memory format")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="train/method config override, repeatable (e.g. --set n_keys=2 --set queue_size=4096)")
+    p.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...",
+                   help="repeat the benchmark for each value of one config key and print a table (e.g. n_keys=1,2,4)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: machine default)")
     p.set_defaults(func=_step)
 

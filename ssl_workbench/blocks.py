@@ -12,7 +12,7 @@ from .core import ConfigError, l2n
 
 # %% auto #0
 __all__ = ['mlp', 'make_teacher', 'ema_update_', 'cosine_momentum', 'Queue', 'embedding_std', 'nn_stats', 'CosinePrototypes',
-           'nnclr_loss', 'soft_ce', 'warmup_cosine', 'LARS', 'ClusterSizeTracker']
+           'nnclr_loss', 'soft_ce', 'warmup_cosine', 'LARS', 'ClusterSizeTracker', 'SplitBatchNorm', 'split_batchnorm_']
 
 # %% ../nbs/04_blocks.ipynb #d4065b74
 def mlp(dims, bn=True, last_bn=False, last_affine=True, act=nn.ReLU):
@@ -47,8 +47,9 @@ def cosine_momentum(base, step, total_steps):
 # %% ../nbs/04_blocks.ipynb #8c98c91d
 class Queue(nn.Module):
     "FIFO support set of unit embeddings + labels + dataset indices (labels/indices for monitoring only)."
-    def __init__(self, size, dim, batch_size=None):
+    def __init__(self, size, dim, batch_size=None, normalize=True):
         super().__init__()
+        self.normalize = normalize
         if batch_size is not None and size % batch_size:
             raise ConfigError(f"queue size {size} must be a multiple of the batch size {batch_size}; "
                               f"allowed e.g. {batch_size * max(1, size // batch_size)} or {batch_size * (size // batch_size + 1)}")
@@ -67,10 +68,10 @@ class Queue(nn.Module):
         return sim, self.emb[idx], self.labels[idx], self.index[idx]
     @torch.no_grad()
     def push(self, emb, labels=None, index=None):
-        "Enqueue a batch (normalised here), overwriting the oldest entries."
+        "Enqueue a batch (normalised here unless `normalize=False`), overwriting the oldest entries."
         n = emb.shape[0]
         pos = (self.ptr + torch.arange(n, device=self.emb.device)) % self.size
-        self.emb[pos] = l2n(emb.detach()).to(self.emb.dtype)
+        self.emb[pos] = (l2n(emb.detach()) if self.normalize else emb.detach()).to(self.emb.dtype)
         if labels is not None: self.labels[pos] = labels
         if index is not None: self.index[pos] = index
         self.ptr = (self.ptr + n) % self.size
@@ -158,3 +159,38 @@ class ClusterSizeTracker(nn.Module):
     def relative(self):
         "Relative sizes s·K/‖s‖₁ (1 = balanced)."
         return self.s * self.k / self.s.sum()
+
+# %% ../nbs/04_blocks.ipynb #d5c40848
+class SplitBatchNorm(nn.BatchNorm2d):
+    "BatchNorm whose training statistics come from `num_splits` strided groups of the batch separately (any N×C×… input)."
+    def __init__(self, num_features, num_splits=1, **kw):
+        super().__init__(num_features, **kw)
+        self.num_splits = num_splits
+    def _check_input_dim(self, x):
+        if x.dim() < 2: raise ValueError(f"expected an N×C×… input, got {x.dim()}D")
+    def forward(self, x):
+        S, N, C = self.num_splits, x.shape[0], x.shape[1]
+        if not self.training or S == 1: return super().forward(x)
+        if N % S: raise ValueError(f"batch of {N} cannot be split into num_splits={S} equal groups; use a multiple of {S}")
+        rm = self.running_mean.repeat(S) if self.track_running_stats else None
+        rv = self.running_var.repeat(S) if self.track_running_stats else None
+        w = self.weight.repeat(S) if self.affine else None
+        b = self.bias.repeat(S) if self.affine else None
+        if self.track_running_stats: self.num_batches_tracked.add_(1)
+        out = F.batch_norm(x.reshape(N // S, S * C, *x.shape[2:]), rm, rv, w, b, True, self.momentum, self.eps)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.running_mean.copy_(rm.view(S, C).mean(0)); self.running_var.copy_(rv.view(S, C).mean(0))
+        return out.reshape(x.shape)
+
+def split_batchnorm_(module, num_splits):
+    "Replace every `BatchNorm1d/2d` inside `module` (in place) by a `SplitBatchNorm` with the same state; returns `module`."
+    if num_splits == 1: return module
+    for name, child in module.named_children():
+        if type(child) in (nn.BatchNorm1d, nn.BatchNorm2d):
+            sbn = SplitBatchNorm(child.num_features, num_splits, eps=child.eps, momentum=child.momentum,
+                                 affine=child.affine, track_running_stats=child.track_running_stats)
+            sbn.load_state_dict(child.state_dict()); sbn.train(child.training)
+            setattr(module, name, sbn.to(next(child.buffers(), torch.empty(0)).device))
+        else: split_batchnorm_(child, num_splits)
+    return module

@@ -91,6 +91,10 @@ class Method(nn.Module):
     def teacher_views(self):
         "How many views an EMA teacher backbone also encodes (for the step benchmark)."
         return 0
+    @property
+    def student_views(self):
+        "How many views the trained backbone encodes (for the step benchmark); None: all of them."
+        return None
     def setup(self, data, view_maker, device): pass
     def bind(self, data, view_maker, generator): pass
     def training_step(self, batch, progress) -> StepOutput: raise NotImplementedError
@@ -116,8 +120,8 @@ def split_decay(named_params, weight_decay, **extra):
     return [g for g in groups if g['params']]
 
 # %% ../nbs/00_core.ipynb #2ec9c678
-METHOD_NAMES = ('nnclr', 'dino', 'excb', 'simclr', 'all4one', 'barlow', 'simsiam', 'adasim')
-METHOD_MODULES = {}          # names defined in another method's module, e.g. a preset-like variant
+METHOD_NAMES = ('nnclr', 'dino', 'excb', 'simclr', 'all4one', 'barlow', 'simsiam', 'adasim', 'jcl', 'mocov2')
+METHOD_MODULES = {'mocov2': 'jcl'}   # methods defined in another method's module (a preset-like subclass)
 
 def method_ref(cls) -> str:
     "'module:QualName' of a method class (a built-in's plain name)."

@@ -20,4 +20,6 @@ METHOD_TINY = {
     'barlow': dict(proj_hidden=64, proj_dim=64),
     'simsiam': dict(),
     'adasim': dict(window=1, topk=3),      # bootstraps in the second epoch: resume covers a full window
+    'jcl': dict(queue_size=256),
+    'mocov2': dict(queue_size=256),
 }

@@ -115,3 +115,18 @@ def test_adasim_notebook_compares_variants(tmp_path):
     assert '| simsiam + AdaSim |' in table and '| simsiam + NN |' in table and 'bootstrap/ratio' in table
     for v in ('nn', 'none'): assert (tmp_path / f'run-{v}' / 'checkpoints' / 'last.pt').exists()
 
+
+
+def test_jcl_notebook_compares_mocov2(tmp_path):
+    "train_jcl keeps both runs: the comparison figure, the results rows and the §5 histograms of both models."
+    nb, _ = run_notebook('train_jcl', tmp_path, epochs=1, train_per_class=20, batch_size=32, queue_size=64, n_keys=2,
+                         diag_images=16, diag_augs=3, show_umap=False, run_dir=str(tmp_path / 'run'))
+    figs = [o['data']['application/vnd.plotly.v1+json'] for o in outputs(nb) if 'application/vnd.plotly.v1+json' in o.get('data', {})]
+    names = {t.get('name', '') for f in figs for t in f['data']}
+    assert {'jcl: loss/jcl', 'mocov2: loss/contrastive', 'jcl: knn/top1', 'mocov2: knn/top1'} <= names
+    hists = [t for f in figs for t in f['data'] if t.get('type') == 'histogram']
+    assert {t['name'] for t in hists} == {'jcl', 'mocov2'} and len(hists) == 4 and all(len(t['x']) == 16 for t in hists)
+    md = [''.join(o['data']['text/markdown']) for o in outputs(nb) if 'text/markdown' in o.get('data', {})]
+    assert any('| jcl |' in t and '| mocov2 |' in t and 'contrastive/acc1' in t for t in md)
+    assert any('mean similarity' in t for t in md)
+    assert (tmp_path / 'run-mocov2' / 'checkpoints' / 'last.pt').exists()
