@@ -127,7 +127,7 @@ def bench_step(method="nnclr", backbone: str = "resnet18", batch_size: int = 64,
     amp = torch.bfloat16 if device.type == "cuda" else None
     ref_bb = copy.deepcopy(model.backbone); teacher_bb = copy.deepcopy(model.backbone).eval()
     n_teacher = model.teacher_views
-    n_student = getattr(model, "student_views", None) or len(vm.specs)   # views through the trained backbone
+    n_student = model.student_views or len(vm.specs)   # views through the trained backbone
     prog = Progress(step=0, steps_per_epoch=1000, epochs=100)
     t = {k: [] for k in ("views", "forward", "backward", "optimizer", "bb_forward", "bb_backward")}
     def clock(): _sync(device); return time.perf_counter()
