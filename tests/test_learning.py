@@ -10,13 +10,13 @@ def cifar():
     return load_dataset('cifar10_5k')
 
 def test_excb_learns_and_keeps_clusters_balanced(tmp_path, cifar):
-    "ExCB with the small CNN on 5,000 images: kNN top-1 on 2,000 test images clearly above initialisation, no empty cluster."
-    run = train('excb', data=cifar, epochs=5, batch_size=64, n_clusters=256, eval_every=5, progress=False,
-                run_dir=tmp_path / 'excb')
+    """ExCB's `small` preset (K = 256, batch 64, 5 epochs = 390 steps): the teacher's kNN top-1 on 2,000 test images
+    clearly above initialisation (measured 29.4% -> 34.1%, student 35.9%), no empty cluster, sizes near 1."""
+    run = train('excb', data=cifar, eval_every=5, progress=False, run_dir=tmp_path / 'excb')
     init, final = run.epochs[0]['knn/top1'], run.last('knn/top1')
-    print(f"ExCB kNN: {init:.1f}% at init -> {final:.1f}%; empty clusters {run.last('clusters/empty')}; "
-          f"relative sizes {run.last('clusters/min_rel'):.2f}..{run.last('clusters/max_rel'):.2f}")
-    assert final > init + 4.0
+    print(f"ExCB kNN: {init:.1f}% at init -> {final:.1f}% (student {run.last('knn/student_top1'):.1f}%); empty clusters "
+          f"{run.last('clusters/empty')}; relative sizes {run.last('clusters/min_rel'):.2f}..{run.last('clusters/max_rel'):.2f}")
+    assert final > init + 3.0 and run.last('knn/student_top1') > init + 3.0
     assert run.last('clusters/empty') == 0 and 0.5 < run.last('clusters/min_rel') <= run.last('clusters/max_rel') < 2.0
 
 def test_nnclr_lifts_knn_above_random_init(tmp_path, cifar):

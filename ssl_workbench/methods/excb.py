@@ -158,7 +158,7 @@ class ExCB(ClusterMonitorMixin, Method):
         'small': dict(train=dict(backbone='convnet', epochs=5, batch_size=64, optimizer='sgd', lr=0.3,
                                  weight_decay=1e-5, warmup_epochs=2),
                       method=dict(n_clusters=256, proj_hidden=512, proj_dim=128, pred_hidden=512, augment='cifar',
-                                  n_global=2, n_local=0, size_momentum=0.99, crops='recipe'))}
+                                  n_global=2, n_local=0, size_momentum=0.99, ema_momentum=0.99, crops='recipe'))}
     def __init__(self, cfg, backbone, batch_size=256, n_train=None):
         super().__init__(cfg, backbone, batch_size, n_train)
         c = cfg
