@@ -32,6 +32,12 @@ NOTEBOOKS = {
                         show_umap=False),
     'train_excb': dict(dataset='digits', train_per_class=40, test_per_class=20, epochs=10, batch_size=32, n_clusters=16,
                        compare_dino=False, show_umap=False),
+    'train_all4one': dict(dataset='digits', train_per_class=40, test_per_class=20, epochs=10, batch_size=32, queue_size=256,
+                          compare_nnclr=False, compare_barlow=False, show_umap=False),
+    'train_jcl': dict(dataset='digits', train_per_class=40, test_per_class=20, epochs=10, batch_size=32, queue_size=256,
+                      n_keys=2, compare_mocov2=False, diag_images=16, diag_augs=3, show_umap=False),
+    'train_adasim': dict(dataset='digits', train_per_class=40, test_per_class=20, epochs=10, batch_size=32, window=1,
+                         topk=3, compare=False, n_queries=2, show_umap=False),
 }
 
 POINTS_JS = """() => {
