@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #60066a8b
 from __future__ import annotations
-import dataclasses, importlib, math, random
+import dataclasses, importlib, random
 from dataclasses import dataclass, field, fields
 import numpy as np
 import torch

@@ -4,9 +4,7 @@
 
 # %% ../nbs/05_metrics.ipynb #171c2888
 from __future__ import annotations
-import numpy as np
 import torch
-import torch.nn.functional as F
 from .core import ConfigError, l2n
 
 # %% auto #0

@@ -31,9 +31,10 @@ def test_nnclr_lifts_knn_above_random_init(tmp_path, cifar):
 
 def test_all4one_lifts_knn_above_random_init(tmp_path, cifar):
     """All4One (`small` preset: convnet, all three objectives, momentum encoder, support set 1,024) on 5,000 images,
-    batch 64, 5 epochs (390 steps): kNN top-1 on 2,000 test images clearly above initialisation, every loss term
-    finite, the support set filled with real entries and no collapse. Budget: about 3 minutes on 2 idle cores."""
-    run = train('all4one', data=cifar, epochs=5, batch_size=64, eval_every=5, progress=False, run_dir=tmp_path / 'all4one')
+    batch 64, 10 epochs (780 steps): kNN top-1 on 2,000 test images clearly above initialisation, every loss term
+    finite, the support set filled with real entries and no collapse. Like NNCLR it is flat for its first ~150 steps while
+    its predictors align (measured: 29.4% -> 29.8 / 31.7 / 33.8 / 34.5 / 34.3% at epochs 2..10). Budget: about 4 minutes on 2 cores."""
+    run = train('all4one', data=cifar, epochs=10, batch_size=64, eval_every=10, progress=False, run_dir=tmp_path / 'all4one')
     init, final = run.epochs[0]['knn/top1'], run.last('knn/top1')
     print(f"All4One kNN: {init:.1f}% at init -> {final:.1f}%; nn/acc {run.last('nn/acc'):.3f}; z/std {run.last('z/std'):.3f}; "
           f"terms nn {run.last('loss/nn'):.3f} centroid {run.last('loss/centroid'):.3f} redundancy {run.last('loss/redundancy'):.3f}")

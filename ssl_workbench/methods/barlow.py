@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
-from ..core import Config, Method, StepOutput, check_range, check_choice, l2n
+from ..core import Config, Method, StepOutput, check_range, check_choice
 from ..blocks import mlp, embedding_std
 from ..augment import RECIPES
 

@@ -4,7 +4,6 @@
 
 # %% ../../nbs/11_methods.dino.ipynb #8ef1a0d4
 from __future__ import annotations
-import math
 from dataclasses import dataclass
 import torch
 import torch.nn as nn

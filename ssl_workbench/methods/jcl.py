@@ -6,7 +6,6 @@
 from __future__ import annotations
 from dataclasses import dataclass, replace
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from ..core import Config, ConfigError, Method, StepOutput, check_range, check_choice, l2n
 from ..blocks import mlp, make_teacher, ema_update_, cosine_momentum, Queue, split_batchnorm_

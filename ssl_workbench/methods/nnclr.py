@@ -5,8 +5,7 @@
 # %% ../../nbs/10_methods.nnclr.ipynb #28dcd498
 from __future__ import annotations
 from dataclasses import dataclass
-import torch
-from ..core import Config, Method, StepOutput, check_range, check_choice, l2n
+from ..core import Config, Method, StepOutput, check_range, check_choice
 from ..blocks import mlp, Queue, nnclr_loss, nn_stats, embedding_std
 from ..augment import RECIPES
 

@@ -6,7 +6,6 @@
 from __future__ import annotations
 from dataclasses import dataclass
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from ..core import Config, Method, StepOutput, check_range, check_choice, l2n, split_decay
 from ..blocks import mlp
