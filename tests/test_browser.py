@@ -115,6 +115,23 @@ def kernel_idle(page):
         "() => { const s = document.querySelector('.jp-Notebook-ExecutionIndicator, .jp-Toolbar-kernelStatus');"
         " return !!s && !(s.getAttribute('data-status') || s.title || '').toLowerCase().match(/busy|starting|unknown|restarting/); }")
 
+def cells_started(page):
+    "Whether any code cell has started executing (its prompt shows [*] or a number)."
+    return page.evaluate("() => [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')]"
+                         ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))")
+
+def run_all(page, tries=3):
+    "Run > Run All Cells; on a loaded machine the first click can land before the menu is ready, so retry until a cell starts."
+    for _ in range(tries):
+        page.locator('.lm-MenuBar-itemLabel', has_text=re.compile('^Run$')).click(no_wait_after=True)
+        page.locator('.lm-Menu-itemLabel', has_text=re.compile('^Run All Cells$')).click(no_wait_after=True)
+        t0 = time.time()
+        while time.time() - t0 < 30:
+            if cells_started(page): return
+            page.wait_for_timeout(500)
+        page.keyboard.press('Escape')
+    pytest.fail(f"Run All did not start any cell after {tries} tries")
+
 def open_notebook(page):
     "Wait for the notebook and its kernel; accept the kernel dialog (Python 3) and dismiss the news toast if shown."
     page.wait_for_selector('.jp-Notebook', timeout=60_000)
@@ -162,8 +179,7 @@ def test_train_notebook_live_in_browser(lab, browser, name):
     page.goto(f"{lab['url']}/lab/tree/{name}.ipynb?token={lab['token']}")
     open_notebook(page)
     # --- Run All: the notebook's live figure must gain points while training runs
-    page.locator('.lm-MenuBar-itemLabel', has_text=re.compile('^Run$')).click(no_wait_after=True)
-    page.locator('.lm-Menu-itemLabel', has_text=re.compile('^Run All Cells$')).click(no_wait_after=True)
+    run_all(page)
     samples, t0, shots = [], time.time(), 0
     while time.time() - t0 < 240:
         r = page.evaluate(POINTS_JS)
