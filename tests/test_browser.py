@@ -134,7 +134,7 @@ def run_all(page, tries=3):
 
 def open_notebook(page):
     "Wait for the notebook and its kernel; accept the kernel dialog (Python 3) and dismiss the news toast if shown."
-    page.wait_for_selector('.jp-Notebook', timeout=60_000)
+    page.wait_for_selector('.jp-Notebook', timeout=180_000)   # a loaded 2-core machine can take minutes
     t0 = time.time()
     while time.time() - t0 < 90:
         dialog = page.locator('.jp-Dialog')
