@@ -51,6 +51,15 @@ POINTS_JS = """() => {
   return r;
 }"""
 
+def shutdown_kernels(lab):
+    "Shut down every kernel of the server, so that one test's kernel does not load the machine during the next."
+    import urllib.request
+    hdr = {'Authorization': f"token {lab['token']}"}
+    with urllib.request.urlopen(urllib.request.Request(f"{lab['url']}/api/kernels", headers=hdr), timeout=30) as r:
+        kernels = json.load(r)
+    for k in kernels:
+        urllib.request.urlopen(urllib.request.Request(f"{lab['url']}/api/kernels/{k['id']}", headers=hdr, method='DELETE'), timeout=60)
+
 def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
@@ -134,7 +143,7 @@ def run_all(page, tries=3):
 
 def open_notebook(page):
     "Wait for the notebook and its kernel; accept the kernel dialog (Python 3) and dismiss the news toast if shown."
-    page.wait_for_selector('.jp-Notebook', timeout=180_000)   # a loaded 2-core machine can take minutes
+    page.wait_for_selector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook', timeout=180_000)   # a loaded 2-core machine can take minutes
     t0 = time.time()
     while time.time() - t0 < 90:
         dialog = page.locator('.jp-Dialog')
@@ -170,13 +179,18 @@ def check_report_offline(browser, report, name):
 
 @pytest.mark.parametrize('name', list(NOTEBOOKS))
 def test_train_notebook_live_in_browser(lab, browser, name):
+    try: _live_in_browser(lab, browser, name)
+    finally: shutdown_kernels(lab)
+
+def _live_in_browser(lab, browser, name):
     from ssl_workbench.train import train, load_checkpoint
     folder = lab['folder']
     tiny_copy(name, folder, dict(NOTEBOOKS[name], run_dir=f'runs/{name}-main'))
     page = browser.new_page(viewport={'width': 1600, 'height': 1000})
     errors = []
     page.on('pageerror', lambda e: errors.append(str(e)))
-    page.goto(f"{lab['url']}/lab/tree/{name}.ipynb?token={lab['token']}")
+    # A workspace of its own, reset: JupyterLab would otherwise restore the earlier tests' notebooks as hidden tabs.
+    page.goto(f"{lab['url']}/lab/workspaces/{name}/tree/{name}.ipynb?reset&token={lab['token']}")
     open_notebook(page)
     # --- Run All: the notebook's live figure must gain points while training runs
     run_all(page)
