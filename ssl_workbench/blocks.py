@@ -12,7 +12,8 @@ from .core import ConfigError, l2n
 
 # %% auto #0
 __all__ = ['mlp', 'make_teacher', 'ema_update_', 'cosine_momentum', 'Queue', 'embedding_std', 'nn_stats', 'CosinePrototypes',
-           'nnclr_loss', 'soft_ce', 'warmup_cosine', 'LARS', 'ClusterSizeTracker', 'SplitBatchNorm', 'split_batchnorm_']
+           'nnclr_loss', 'soft_ce', 'warmup_cosine', 'LARS', 'count_ids', 'ClusterSizeTracker', 'SplitBatchNorm',
+           'split_batchnorm_']
 
 # %% ../nbs/04_blocks.ipynb #d4065b74
 def mlp(dims, bn=True, last_bn=False, last_affine=True, act=nn.ReLU):
@@ -137,6 +138,12 @@ class LARS(torch.optim.Optimizer):
                 else: buf.mul_(g['momentum']).add_(d)
                 p.add_(buf, alpha=-g['lr'])
 
+# %% ../nbs/04_blocks.ipynb #535fce2e
+def count_ids(ids, k, dtype=torch.long):
+    "Counts of the ids 0..k−1 in `ids` (any shape), without a host sync (unlike `torch.bincount` on CUDA)."
+    ids = ids.reshape(-1)
+    return torch.zeros(k, dtype=dtype, device=ids.device).index_add_(0, ids, torch.ones_like(ids, dtype=dtype))
+
 # %% ../nbs/04_blocks.ipynb #1d585468
 class ClusterSizeTracker(nn.Module):
     "EMA of the fraction of hard assignments per cluster (ExCB's `s`), uniform at start."
@@ -148,7 +155,7 @@ class ClusterSizeTracker(nn.Module):
     @torch.no_grad()
     def batch_sizes(self, assign):
         "Fraction of `assign` (any shape, cluster ids) falling in each cluster (averaged over ranks if distributed)."
-        sb = torch.bincount(assign.reshape(-1), minlength=self.k).to(self.s.dtype) / max(1, assign.numel())
+        sb = count_ids(assign, self.k, self.s.dtype) / max(1, assign.numel())
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(sb); sb /= torch.distributed.get_world_size()
         return sb

@@ -53,9 +53,10 @@ class ClusterMonitorMixin:
     "Holds a `ClusterMonitor` over `self.n_clusters` (built in `setup` from the dataset's classes, or lazily from the labels seen)."
     _monitor = None
     def _monitor_update(self, assign, labels):
-        need = int(labels.max()) + 1 if labels.numel() else 1
-        if self._monitor is None or (self._monitor_lazy and need > self._monitor.c):
-            self._monitor, self._monitor_lazy = ClusterMonitor(self.n_clusters, max(need, 1)), True
+        if self._monitor is None or self._monitor_lazy:     # no `setup` (a bare training_step): size it from the labels (a host sync)
+            need = int(labels.max()) + 1 if labels.numel() else 1
+            if self._monitor is None or need > self._monitor.c:
+                self._monitor, self._monitor_lazy = ClusterMonitor(self.n_clusters, max(need, 1)), True
         G = assign.shape[0]
         self._monitor.update(assign.reshape(-1), labels.repeat(G))
     def _monitor_setup(self, num_classes):

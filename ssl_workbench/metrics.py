@@ -6,6 +6,7 @@
 from __future__ import annotations
 import torch
 from .core import ConfigError, l2n
+from .blocks import count_ids
 
 # %% auto #0
 __all__ = ['extract_features', 'knn_predict', 'knn_accuracy', 'linear_probe', 'ClusterMonitor']
@@ -56,10 +57,9 @@ class ClusterMonitor:
     def reset(self): self.joint = None
     @torch.no_grad()
     def update(self, assign, labels):
-        "Count cluster × label co-occurrences of a batch (labels < 0 are ignored for purity)."
-        keep = labels >= 0
-        flat = assign[keep] * self.c + labels[keep]
-        counts = torch.bincount(flat, minlength=self.k * self.c).view(self.k, self.c)
+        "Count cluster × label co-occurrences of a batch (labels < 0 or ≥ the classes are ignored for purity; no host sync)."
+        lab = torch.where((labels >= 0) & (labels < self.c), labels, self.c)     # unknown labels → an extra column, dropped
+        counts = count_ids(assign * (self.c + 1) + lab, self.k * (self.c + 1)).view(self.k, self.c + 1)[:, :self.c]
         self.joint = counts if self.joint is None else self.joint + counts
     def summary(self):
         "`clusters/empty`, `clusters/purity` and `clusters/sizes_sorted` (relative sizes, descending) for the epoch."

@@ -322,10 +322,21 @@ class NumericGuard:
     def __init__(self, model, step=0):
         self.named = [(n, p) for n, p in model.named_parameters()]
         self.first_bad, self.checked_step, self.first_loss, self.warned = None, step, None, False
+        self.bad_loss_at, self.bad_loss_vals, self.term_names = None, None, ()
         self.start_max = float(self._largest().max()) if self.named else 0.0
     def _largest(self):
         "The largest |w| of every parameter (a CPU tensor; one host sync)."
         return torch.stack(torch._foreach_norm([p.detach() for _, p in self.named], float('inf'))).float().cpu()
+    def after_forward(self, loss, terms, step, epoch):
+        "Remember (without a host sync) the first step whose loss is not finite, with its epoch and loss terms."
+        names = tuple(k for k, v in terms.items() if torch.is_tensor(v))
+        vals = torch.stack([loss.detach().float().reshape(())] + [terms[k].detach().float().reshape(()) for k in names])
+        if self.bad_loss_at is None or names != self.term_names:
+            if self.bad_loss_at is None: self.bad_loss_at = torch.full((2,), -1, dtype=torch.long, device=vals.device)
+            self.bad_loss_vals, self.term_names = torch.full_like(vals, float('nan')), names
+        first = ~vals[0].isfinite() & (self.bad_loss_at[0] < 0)
+        self.bad_loss_at = torch.where(first, torch.tensor([step, epoch], device=vals.device), self.bad_loss_at)
+        self.bad_loss_vals = torch.where(first, vals, self.bad_loss_vals)
     def after_backward(self, step):
         "Remember (without a host sync) the first step whose gradients are not all finite."
         grads = [p.grad for _, p in self.named if p.grad is not None]
@@ -336,6 +347,10 @@ class NumericGuard:
     def check(self, step, loss=None):
         "Raise `DivergenceError` for what went wrong in steps `checked_step`..`step - 1`; warn if `loss` exploded."
         span = f"in steps {self.checked_step}..{step - 1}" if step - 1 > self.checked_step else f"at step {self.checked_step}"
+        if self.bad_loss_at is not None and (at := self.bad_loss_at.tolist())[0] >= 0:
+            v = self.bad_loss_vals.tolist()
+            raise NonFiniteLossError(f"loss is {v[0]} at epoch {at[1]} step {at[0]} (terms {dict(zip(self.term_names, v[1:]))}; "
+                                     f"found at the check of steps {self.checked_step}..{step - 1})")
         if self.first_bad is not None and (b := int(self.first_bad)) >= 0:
             raise DivergenceError(f"gradients became non-finite at step {b} (the loss was finite) and the weights they touched "
                                   f"are no longer trustworthy")
@@ -503,16 +518,14 @@ def make_batch(data, idx, view_maker, gen, device):
     return dict(views=views, index=idx.to(device), labels=data.train_y[idx].to(device), images=x)
 
 def train_step(model, opt, batch, prog, tcfg, amp=None, clock=None, guard=None):
-    """One optimisation step; raises `NonFiniteLossError` before any weight changes if the loss is not finite.
-    `guard` (a `NumericGuard`) records non-finite gradients on the device."""
+    """One optimisation step, with no host–device synchronisation: `guard` (a `NumericGuard`) records a non-finite loss
+    or non-finite gradients on the device; the trainer reads the record at log boundaries and before checkpoints."""
     clock = clock or (lambda phase: None)
     set_schedule(opt, tcfg, prog)
     with torch.autocast(batch['images'].device.type, dtype=amp, enabled=amp is not None):
         out = model.training_step(batch, prog)
     clock('forward')
-    if not torch.isfinite(out.loss.detach()).item():
-        terms = {k: _to_float(v) for k, v in out.terms.items()}
-        raise NonFiniteLossError(f"loss is {out.loss.item()} at epoch {prog.epoch} step {prog.step} (terms {terms})")
+    if guard is not None: guard.after_forward(out.loss, out.terms, prog.step, prog.epoch)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     if guard is not None: guard.after_backward(prog.step)

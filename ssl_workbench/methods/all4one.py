@@ -23,9 +23,9 @@ def redundancy_loss(m1, z2, m2, z1):
         c1 = l2n(m1.to(dt), dim=0).T @ l2n(z2.to(dt), dim=0)
         c2 = l2n(m2.to(dt), dim=0).T @ l2n(z1.to(dt), dim=0)
         D = c1.shape[0]
-        off_mask = ~torch.eye(D, dtype=torch.bool, device=c1.device)
-        on = ((torch.diagonal(c1) - 1).pow(2).mean() + (torch.diagonal(c2) - 1).pow(2).mean()) / 2
-        off = (c1[off_mask].pow(2).mean() + c2[off_mask].pow(2).mean()) / 2
+        d1, d2 = torch.diagonal(c1), torch.diagonal(c2)
+        on = ((d1 - 1).pow(2).mean() + (d2 - 1).pow(2).mean()) / 2
+        off = ((c1.pow(2).sum() - d1.pow(2).sum()) + (c2.pow(2).sum() - d2.pow(2).sum())) / (2 * D * (D - 1))
         return 0.5 * on.sqrt() + 0.5 * off.sqrt()
 
 # %% ../../nbs/13_methods.all4one.ipynb #109f2cb5

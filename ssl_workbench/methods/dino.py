@@ -98,8 +98,8 @@ class DINO(ClusterMonitorMixin, Method):
         temp = teacher_temp_at(progress.epoch, c.warmup_teacher_temp, c.teacher_temp, c.warmup_teacher_temp_epochs)
         p_t = F.softmax((t - self.center) / temp, dim=-1)
         ce = pair_ce(p_t, s, c.student_temp)
-        mask = torch.ones_like(ce, dtype=torch.bool); mask[:, :G].fill_diagonal_(False)
-        loss = ce[mask].mean()
+        mask = torch.ones_like(ce); mask[:, :G].fill_diagonal_(0)      # a float mask: boolean indexing would sync the host
+        loss = (ce * mask).sum() / mask.sum()
         assign, stats = cluster_stats(p_t, self.sizes, t.argmax(-1))
         self._monitor_update(assign, batch['labels'])
         self._pending = (t.mean((0, 1)), assign)
