@@ -107,13 +107,18 @@ def _median(xs): return float(np.median(xs))
 
 def bench_step(method="nnclr", backbone: str = "resnet18", batch_size: int = 64, image_size: int = 32,
                steps: int = 5, warmup: int = 2, device: str = "cpu", preset: str = "cifar",
-               channels_last: bool = True, verbose: bool = True, **overrides) -> dict:
-    "Median seconds of the trainer's step of `method` (forward / backward / optimiser) and of its bare backbone passes."
+               channels_last: bool = True, verbose: bool = True, clock: str = "wall", **overrides) -> dict:
+    """Median seconds of the trainer's step of `method` (forward / backward / optimiser) and of its bare backbone passes.
+    `clock='cpu'` times the process's CPU seconds instead of wall seconds (CPU only; with one thread it is not
+    disturbed by other processes sharing the cores)."""
     import copy
-    from ssl_workbench.core import get_method_class, Progress, get_device
-    from ssl_workbench.train import resolve_configs, build_optimizer, train_step
+    from ssl_workbench.core import get_method_class, Progress, get_device, check_choice, ConfigError
+    from ssl_workbench.train import resolve_configs, build_optimizer, train_step, compile_backbones_
     from ssl_workbench.backbones import make_backbone
     device = get_device(device)
+    check_choice("clock", clock, ("wall", "cpu"))
+    if clock == "cpu" and device.type != "cpu": raise ConfigError(f"clock='cpu' times host CPU seconds; on {device} use clock='wall'")
+    now = time.perf_counter if clock == "wall" else time.process_time
     M = get_method_class(method)
     tcfg, mcfg = resolve_configs(M, preset if preset in M.presets else "small", backbone=backbone, batch_size=batch_size, **overrides)
     model = M(mcfg, make_backbone(backbone, image_size), batch_size=batch_size, n_train=100_000).to(device)
@@ -126,22 +131,24 @@ def bench_step(method="nnclr", backbone: str = "resnet18", batch_size: int = 64,
     labels, index = torch.randint(0, 10, (batch_size,), device=device), torch.arange(batch_size, device=device)
     amp = torch.bfloat16 if device.type == "cuda" else None
     ref_bb = copy.deepcopy(model.backbone); teacher_bb = copy.deepcopy(model.backbone).eval()
+    if tcfg.compile_backbone:
+        compile_backbones_(model); ref_bb.compile(); teacher_bb.compile()
     n_teacher = model.teacher_views
     n_student = model.student_views or len(vm.specs)   # views through the trained backbone
     prog = Progress(step=0, steps_per_epoch=1000, epochs=100)
     t = {k: [] for k in ("views", "forward", "backward", "optimizer", "bb_forward", "bb_backward")}
-    def clock(): _sync(device); return time.perf_counter()
+    def tick(): _sync(device); return now()
     for i in range(warmup + steps):
-        marks = [clock()]
-        views = [v.contiguous(memory_format=fmt) for v in vm(x, g)]; marks.append(clock())
+        marks = [tick()]
+        views = [v.contiguous(memory_format=fmt) for v in vm(x, g)]; marks.append(tick())
         train_step(model, opt, dict(views=views, labels=labels, index=index, images=x), prog, tcfg, amp,
-                   clock=lambda phase: marks.append(clock()))
+                   clock=lambda phase: marks.append(tick()))
         prog.step += 1
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             feats = [ref_bb(v) for v in views[:n_student]]
             with torch.no_grad(): [teacher_bb(v) for v in views[:n_teacher]]
-        marks.append(clock()); sum(f.float().mean() for f in feats).backward(); ref_bb.zero_grad(set_to_none=True)
-        marks.append(clock())
+        marks.append(tick()); sum(f.float().mean() for f in feats).backward(); ref_bb.zero_grad(set_to_none=True)
+        marks.append(tick())
         if i >= warmup:
             for k, a, b in zip(t, marks[:-1], marks[1:]): t[k].append(b - a)
     r = {k: _median(v) for k, v in t.items()}
@@ -152,7 +159,7 @@ def bench_step(method="nnclr", backbone: str = "resnet18", batch_size: int = 64,
     if verbose:
         print(f"{M.name} ({preset} preset heads) on {backbone}, batch {batch_size} × {len(views)} views of "
               f"{tuple(v.shape[-1] for v in views)} px, {device}, threads {torch.get_num_threads()}, "
-              f"{'channels-last' if channels_last else 'contiguous'}, {'bf16' if amp else 'fp32'}; median of {steps} steps")
+              f"{'channels-last' if channels_last else 'contiguous'}, {'bf16' if amp else 'fp32'}; median of {steps} steps, {clock} clock")
         print(f"  step      {r['step']:.3f} s  (forward {r['forward']:.3f}, backward {r['backward']:.3f}, "
               f"optimizer+after_step {r['optimizer']:.3f}); views {r['views']:.3f} s extra")
         print(f"  backbone  {r['backbone']:.3f} s  (forward {r['bb_forward']:.3f}: {n_student} student + {n_teacher} teacher "
@@ -178,7 +185,7 @@ def _step(args):
     if args.threads: torch.set_num_threads(args.threads)
     overrides = {k: _value(v) for k, v in _key_values(args.set, "--set").items()}
     run = lambda **o: bench_step(args.method, args.backbone, args.batch_size, args.image_size, args.steps, args.warmup,
-                                 args.device, args.preset, not args.contiguous, **{**overrides, **o})
+                                 args.device, args.preset, not args.contiguous, clock=args.clock, **{**overrides, **o})
     if not args.sweep: return run()
     (key, values), = _key_values([args.sweep], "--sweep").items()
     rows = {v: run(**{key: v}) for v in map(_value, values.split(","))}
@@ -228,6 +235,9 @@ def main(argv=None):
     p.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...",
                    help="repeat the benchmark for each value of one config key and print a table (e.g. n_keys=1,2,4)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: machine default)")
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                   help="wall seconds (default) or the process's CPU seconds (CPU device; with --threads 1 it is not "
+                        "disturbed by other processes on the machine)")
     p.set_defaults(func=_step)
 
     args = parser.parse_args(argv)

@@ -24,7 +24,7 @@ __all__ = ['OPTIMIZERS', 'PRECISIONS', 'CHECKPOINT_KEYS', 'MAX_WEIGHT_GROWTH', '
            'check_type', 'check_types', 'TrainConfig', 'resolve_configs', 'build_optimizer', 'set_schedule',
            'DivergenceError', 'NonFiniteLossError', 'CheckpointError', 'Run', 'first_nonfinite', 'save_checkpoint',
            'load_checkpoint', 'method_features', 'evaluate', 'NumericGuard', 'check_run_dir', 'claim_run_dir',
-           'release_run_dir', 'resolve_run', 'build_run', 'make_batch', 'train_step', 'train']
+           'release_run_dir', 'resolve_run', 'compile_backbones_', 'build_run', 'make_batch', 'train_step', 'train']
 
 # %% ../nbs/06_train.ipynb #68bee59e
 _KINDS = {int: 'an integer', float: 'a finite number', bool: 'True or False', str: 'a string'}
@@ -88,6 +88,7 @@ class TrainConfig(Config):
     grad_clip: float | None = None
     device: str = 'auto'
     precision: str = 'auto'
+    compile_backbone: bool = False
     seed: int = 0
     eval_every: int = 1
     eval_at_start: bool = True
@@ -482,6 +483,13 @@ def resolve_run(method=None, dataset=None, epochs=None, preset='small', resume=N
     return M, preset, tcfg, mcfg, run_dir, None
 
 # %% ../nbs/06_train.ipynb #ed6b3924
+def compile_backbones_(method):
+    "`torch.compile` the method's backbone and teacher backbone in place (`nn.Module.compile`: state_dict keys unchanged)."
+    for name in ('backbone', 'teacher_backbone'):
+        m = getattr(method, name, None)
+        if isinstance(m, nn.Module): m.compile()
+    return method
+
 def build_run(M, preset, tcfg, mcfg, run_dir, data=None):
     "A `Run` with data on the device, backbone, method, view maker and optimiser (`run.optimizer`), nothing trained yet."
     device = get_device(tcfg.device)
@@ -499,6 +507,7 @@ def build_run(M, preset, tcfg, mcfg, run_dir, data=None):
     backbone = make_backbone(tcfg.backbone, data.image_size, tcfg.cifar_stem)
     model = M(mcfg, backbone, batch_size=B, n_train=n).to(device)
     if device.type == 'cuda': model = model.to(memory_format=torch.channels_last)
+    if tcfg.compile_backbone: compile_backbones_(model)
     vm = ViewMaker(model.view_specs(data.image_size), data.mean, data.std)
     config = dict(method=M.name, method_class=method_ref(M), preset=preset, train=tcfg.to_dict(), method_config=mcfg.to_dict(),
                   versions=_versions(), data=dict(name=data.name, n_train=n, n_test=len(data.test_y), image_size=data.image_size,
