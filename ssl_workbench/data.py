@@ -439,7 +439,7 @@ def _load_cache(f):
                      tuple(d["mean"].tolist()), tuple(d["std"].tolist()))
     except Exception: return None
 
-# %% ../nbs/01_data.ipynb #4b1f8db3
+# %% ../nbs/01_data.ipynb #af096edb
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
 def available_memory() -> int:
@@ -463,7 +463,7 @@ def memory_budget_bytes(budget=None) -> int:
                      f"'1.5TB' (units B, KB, MB, GB, TB = powers of 1000; KiB, MiB, GiB, TiB = powers of 1024), or None "
                      f"for half the available memory")
 
-# %% ../nbs/01_data.ipynb #b3b2fecd
+# %% ../nbs/01_data.ipynb #b3076e96
 def _read_file(path) -> torch.Tensor:
     "The bytes of file `path` as a 1-D uint8 tensor."
     return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
@@ -604,7 +604,7 @@ class DiskImages:
             return torch.from_numpy(np.array(_pil_square(Image.fromarray(im.permute(1, 2, 0).numpy()), S))).permute(2, 0, 1)
         return _square(im[None], S)[0]  # on the GPU: torch's antialiased bilinear (within 1 grey level of PIL's)
 
-# %% ../nbs/01_data.ipynb #f6e5c108
+# %% ../nbs/01_data.ipynb #d6291c85
 _STATS_SAMPLE = 2048
 
 def _folder_lists(tree, classes, split):
