@@ -105,3 +105,23 @@ def test_bad_input(folder, tmp_path):
     st = load_dataset('folder', folder / 'tree', root=tmp_path, memory_budget=1)
     with pytest.raises(IndexError, match='out of range for 160 images'): st.train_x[torch.tensor([0, 160])]
     with pytest.raises(TypeError, match='indexed by image'): st.train_x[:, 0]
+
+def test_unusual_files_decode_like_the_resident_path(tmp_path):
+    "CMYK and EXIF-rotated JPEGs, greyscale JPEG, palette GIF: the streamed pixels equal the resident ones (PIL's)."
+    rng = np.random.default_rng(0)
+    for s in ('train', 'val'):
+        for c in ('a', 'b'):
+            d = tmp_path / 'odd' / s / c; d.mkdir(parents=True)
+            im = Image.fromarray(rng.integers(0, 256, (20, 14, 3), dtype=np.uint8))
+            exif = Image.Exif(); exif[0x0112] = 6                  # "rotate 90° clockwise to display"
+            im.convert('CMYK').save(d / '0.jpg'); im.save(d / '1.jpg', exif=exif)
+            im.convert('L').save(d / '2.jpg'); im.save(d / '3.jpg'); im.convert('P').save(d / '4.gif')
+    res = load_dataset('folder', tmp_path / 'odd', root=tmp_path, image_size=12)
+    st = load_dataset('folder', tmp_path / 'odd', root=tmp_path, image_size=12, memory_budget=1)
+    assert st.streamed and torch.equal(st.train_x[:], res.train_x) and torch.equal(st.test_x[torch.arange(10)], res.test_x)
+    from PIL import ImageOps
+    from ssl_workbench.data import _pil_square
+    f = tmp_path / 'odd' / 'train' / 'a' / '1.jpg'
+    upright, raw = (torch.from_numpy(np.array(_pil_square(g(Image.open(f)).convert('RGB'), 12))).permute(2, 0, 1)
+                    for g in (ImageOps.exif_transpose, lambda im: im))
+    assert torch.equal(st.train_x[1], upright) and not torch.equal(st.train_x[1], raw)  # the EXIF rotation is applied
