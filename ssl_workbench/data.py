@@ -4,7 +4,8 @@
 
 # %% ../nbs/01_data.ipynb #12f9f7ca
 from __future__ import annotations
-import hashlib, io, json, os, tarfile, warnings, zipfile, zlib
+import copy, hashlib, io, json, os, re, tarfile, warnings, zipfile, zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import ssl_workbench
 
 # %% auto #0
 __all__ = ['DATASETS', 'EMBEDDED', 'IMAGE_EXTENSIONS', 'ImageData', 'check_image_data', 'default_root', 'embedded_path',
-           'shared_cifar_path', 'load_dataset', 'place']
+           'shared_cifar_path', 'available_memory', 'memory_budget_bytes', 'DiskImages', 'load_dataset', 'place']
 
 # %% ../nbs/01_data.ipynb #b83fce95
 DATASETS = ("cifar10_5k", "digits", "cifar10", "cifar100", "stl10", "folder", "npz")
@@ -24,9 +25,9 @@ DATASETS = ("cifar10_5k", "digits", "cifar10", "cifar100", "stl10", "folder", "n
 # %% ../nbs/01_data.ipynb #b83e8b76
 @dataclass(repr=False)
 class ImageData:
-    "A labelled image dataset held as uint8 N×C×H×W tensors."
+    "A labelled image dataset held as uint8 N×C×H×W tensors (or, streamed from disk, `DiskImages` that index like them)."
     name: str
-    train_x: torch.Tensor  # uint8, N×C×H×W
+    train_x: torch.Tensor  # uint8, N×C×H×W (or `DiskImages`)
     train_y: torch.Tensor  # int64, N
     test_x: torch.Tensor
     test_y: torch.Tensor
@@ -44,18 +45,22 @@ class ImageData:
     def n_train(self): return len(self.train_x)
     @property
     def nbytes(self): return sum(t.nbytes for t in self._tensors().values())
+    @property
+    def streamed(self) -> bool:
+        "Whether the images stay on disk (`DiskImages`) and each batch is read and decoded when it is asked for."
+        return not (torch.is_tensor(self.train_x) and torch.is_tensor(self.test_x))
 
     def _tensors(self): return dict(train_x=self.train_x, train_y=self.train_y, test_x=self.test_x, test_y=self.test_y)
     def _map(self, f): return replace(self, **{k: f(v) for k, v in self._tensors().items()})
 
     def to(self, device) -> "ImageData":
-        "A new `ImageData` with the four tensors on `device`."
+        "A new `ImageData` with the four tensors on `device` (streamed images: decoded onto `device` batch by batch)."
         return self._map(lambda t: t.to(device))
 
     def __repr__(self):
         c, h, w = self.train_x.shape[1:]
         return (f"ImageData({self.name!r}: train {self.n_train}×{c}×{h}×{w}, test {len(self.test_x)}, "
-                f"{self.num_classes} classes, {self.train_x.device})")
+                f"{self.num_classes} classes, {self.train_x.device}{', streamed from disk' if self.streamed else ''})")
 
 # %% ../nbs/01_data.ipynb #8c5144a0
 def _channel_stats(x):
@@ -75,15 +80,17 @@ def _make(name, train_x, train_y, test_x, test_y, classes, mean=None, std=None):
 
 # %% ../nbs/01_data.ipynb #5ecfa70a
 def check_image_data(data: ImageData, source=None):
-    """Raise a `ValueError` naming `source` and the fix unless `data` is consistent: uint8 N×3×H×W square images of one
+    """Raise a `ValueError` naming `source` and the fix unless `data` is consistent: uint8 N×3×H×W square images (tensors or
+    `DiskImages`) of one
     size in both splits, one integer label per image, labels in 0..C−1 for the C class names, two classes or more."""
     src = source or f"dataset {data.name!r}"
     C = len(data.classes)
     for split in ("train", "test"):
         x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
-        if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] == 3 and x.shape[2] == x.shape[3]):
-            raise ValueError(f"{src}: {split}_x must be a uint8 N×3×H×W tensor of square images, got "
-                             f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__} {getattr(x, 'dtype', '')}")
+        images = torch.is_tensor(x) or isinstance(x, DiskImages)
+        if not (images and x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] == 3 and x.shape[2] == x.shape[3]):
+            raise ValueError(f"{src}: {split}_x must be a uint8 N×3×H×W tensor of square images (or DiskImages), got "
+                             f"{tuple(x.shape) if images else type(x).__name__} {getattr(x, 'dtype', '')}")
         if not (torch.is_tensor(y) and y.ndim == 1 and not y.is_floating_point() and y.dtype != torch.bool):
             raise ValueError(f"{src}: {split}_y must be a 1-D integer tensor of class indices, got "
                              f"{tuple(y.shape) if torch.is_tensor(y) else type(y).__name__} {getattr(y, 'dtype', '')}")
@@ -238,15 +245,18 @@ def _decode_image(data, image_size=None):
     "Decode image bytes (or a path) to an H×W×3 uint8 array, optionally resized+centre-cropped to a square."
     from PIL import Image
     with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as im:
-        im = _to_rgb8(im)
-        if image_size is not None and im.size != (image_size, image_size):
-            w, h = im.size
-            s = image_size / min(w, h)
-            nw, nh = max(image_size, round(w * s)), max(image_size, round(h * s))
-            im = im.resize((nw, nh), Image.BILINEAR)
-            l, t = (nw - image_size) // 2, (nh - image_size) // 2
-            im = im.crop((l, t, l + image_size, t + image_size))
-        return np.asarray(im)
+        return np.asarray(_pil_square(_to_rgb8(im), image_size))
+
+def _pil_square(im, image_size):
+    "A PIL image resized (shorter side to `image_size`, bilinear with PIL's antialiasing) and centre-cropped to a square."
+    from PIL import Image
+    if image_size is None or im.size == (image_size, image_size): return im
+    w, h = im.size
+    s = image_size / min(w, h)
+    nw, nh = max(image_size, round(w * s)), max(image_size, round(h * s))
+    im = im.resize((nw, nh), Image.BILINEAR)
+    l, t = (nw - image_size) // 2, (nh - image_size) // 2
+    return im.crop((l, t, l + image_size, t + image_size))
 
 def _decode_split(classes, files, image_size, where, source=""):
     "Decode {class: [(name, data)]} into (uint8 N×3×H×W, int64 N); a file that fails is named with `source`."
@@ -270,9 +280,8 @@ def _decode_split(classes, files, image_size, where, source=""):
     x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor(ys, dtype=torch.long)
 
-def _load_folder(path, train_per_class=None, test_per_class=None, image_size=None):
-    per = dict(train=train_per_class, test=test_per_class, val=test_per_class)
-    tree = _scan_tar(path, per) if path.is_file() else _scan_dir(path, per)
+def _check_tree(tree, path):
+    "(sorted class names, name of the test split) of a scanned folder tree, or an error that says what is wrong with the layout."
     if "train" not in tree: raise FileNotFoundError(f"no train/ folder in {path}; expected {_LAYOUT}")
     test_split = "test" if "test" in tree else "val" if "val" in tree else None
     if test_split is None: raise FileNotFoundError(f"no test/ or val/ folder in {path}; expected {_LAYOUT}")
@@ -283,7 +292,21 @@ def _load_folder(path, train_per_class=None, test_per_class=None, image_size=Non
     if sorted(tree[test_split]) != classes:
         a, b = set(classes), set(tree[test_split])
         raise ValueError(f"{test_split}/ and train/ in {path} have different classes: only in train: "
-                         f"{sorted(a - b)}, only in {test_split}: {sorted(b - a)}")
+                         f"{sorted(a - b)}, only in {test_split}: {sorted(b - a)}" +
+                         (f". {test_split}/ holds images directly, not in class folders: sort them into "
+                          f"{test_split}/<class>/ first (ImageNet's validation images come flat; the usual valprep.sh "
+                          f"script moves them into class folders)" if _flat_images(path, test_split) else ""))
+    return classes, test_split
+
+def _flat_images(path, split):
+    "Whether directory `path/split` holds image files directly (e.g. ImageNet's unsorted val/)."
+    d = path / split
+    return d.is_dir() and any(f.is_file() and _is_image(f.name) for f in d.iterdir())
+
+def _load_folder(path, train_per_class=None, test_per_class=None, image_size=None):
+    per = dict(train=train_per_class, test=test_per_class, val=test_per_class)
+    tree = _scan_tar(path, per) if path.is_file() else _scan_dir(path, per)
+    classes, test_split = _check_tree(tree, path)
     train_x, train_y = _decode_split(classes, tree["train"], image_size, "train", path)
     test_x, test_y = _decode_split(classes, tree[test_split], image_size, test_split, path)
     if train_x.shape[1:] != test_x.shape[1:]:
@@ -416,15 +439,218 @@ def _load_cache(f):
                      tuple(d["mean"].tolist()), tuple(d["std"].tolist()))
     except Exception: return None
 
+# %% ../nbs/01_data.ipynb #af096edb
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+def available_memory() -> int:
+    "Bytes of host memory available now: psutil when installed, else `os.sysconf` (Linux), else 8 GB."
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError: pass
+    try: return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError): return 8 * 10**9
+
+def memory_budget_bytes(budget=None) -> int:
+    "`budget` in bytes: a number ≥ 0, a string such as '8GB', '512 MiB', '1.5e9', or None for half the available host memory."
+    if budget is None: return available_memory() // 2
+    if isinstance(budget, (int, float, np.integer, np.floating)) and not isinstance(budget, bool) and 0 <= budget < float("inf"):
+        return int(budget)
+    if isinstance(budget, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?(?:e\d+)?|\.\d+)\s*([kmgt]i?)?b?\s*", budget.lower())
+        if m: return int(float(m[1]) * _UNITS[m[2] or ""])
+    raise ValueError(f"memory_budget={budget!r} is not allowed; give a number of bytes (≥ 0), a string like '8GB', '512MiB', "
+                     f"'1.5TB' (units B, KB, MB, GB, TB = powers of 1000; KiB, MiB, GiB, TiB = powers of 1024), or None "
+                     f"for half the available memory")
+
+# %% ../nbs/01_data.ipynb #b3076e96
+def _read_file(path) -> torch.Tensor:
+    "The bytes of file `path` as a 1-D uint8 tensor."
+    return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+
+class DiskImages:
+    """Image files on disk that index like a uint8 N×3×S×S tensor: `x[idx]` reads the files with worker threads, decodes
+    them (JPEG in one batched `torchvision.io.decode_jpeg` call, on the GPU when `device` is CUDA; other formats with
+    PIL), brings every image to S×S as the resident path does, and returns the uint8 batch on `device`."""
+    dtype, ndim = torch.uint8, 4
+
+    def __init__(self, files, image_size, resize=True, device="cpu", root="", workers=None, prefetch_depth=3):
+        self.files, self.image_size, self.resize = [str(f) for f in files], int(image_size), resize
+        self.device, self.root = torch.device(device), str(root)
+        self.workers, self.prefetch_depth = workers or min(16, os.cpu_count() or 1), prefetch_depth
+        self._io = self._ahead = None           # thread pools, made on first use
+        self._queue, self._plan = [], iter(())  # [(indices, future)] read ahead; batches announced by `prefetch`
+        self.served = dict(ahead=0, direct=0)   # batches served from the read-ahead queue / read on demand
+
+    @property
+    def shape(self): return torch.Size((len(self.files), 3, self.image_size, self.image_size))
+    def __len__(self): return len(self.files)
+    @property
+    def nbytes(self) -> int: return len(self.files) * 3 * self.image_size ** 2  # the decoded size, were it resident
+    def __repr__(self): return f"DiskImages({len(self)}×3×{self.image_size}×{self.image_size} from {self.root}, {self.device})"
+
+    def to(self, device, non_blocking=False) -> "DiskImages":
+        "The same files, with batches decoded onto `device` (nothing is read now)."
+        if torch.device(device) == self.device: return self
+        new = copy.copy(self); new.device, new._queue, new._plan, new.served = torch.device(device), [], iter(()), dict(ahead=0, direct=0)
+        return new
+    def cpu(self): return self.to("cpu")
+    def __getstate__(self): return {**self.__dict__, "_io": None, "_ahead": None, "_queue": [], "_plan": iter(())}
+
+    def name(self, i) -> str: return os.path.relpath(self.files[i], self.root) if self.root else self.files[i]
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            return self[torch.tensor([int(key)])][0]
+        if isinstance(key, slice):  # sequential walks (feature extraction) read the next slice ahead
+            idx = torch.arange(len(self))[key]
+            out = self._take(idx)
+            if key.step in (None, 1) and len(idx) and int(idx[-1]) + 1 < len(self):
+                nxt = torch.arange(int(idx[-1]) + 1, min(len(self), int(idx[-1]) + 1 + len(idx)))
+                self._queue.append((nxt, self._submit(nxt)))
+                if len(self._queue) > 2 * self.prefetch_depth: self._queue.pop(0)[1].cancel()
+            return out
+        if isinstance(key, tuple) or key is None or key is Ellipsis:
+            raise TypeError(f"DiskImages is indexed by image: an int, a slice or a tensor of indices (got {key!r}); "
+                            f"index the returned uint8 batch for channels or pixels")
+        idx = torch.as_tensor(key)
+        if idx.dtype == torch.bool: idx = idx.nonzero().squeeze(1)
+        if idx.is_floating_point() or idx.is_complex(): raise IndexError(f"indices must be integers, got {idx.dtype}")
+        flat = idx.reshape(-1).cpu().long()    # the file list lives on the host
+        flat = torch.where(flat < 0, flat + len(self), flat)
+        if len(flat) and (flat.min() < 0 or flat.max() >= len(self)):
+            raise IndexError(f"index {int(flat.max() if flat.max() >= len(self) else flat.min())} is out of range for {len(self)} images")
+        return self._take(flat).reshape(*idx.shape, *self.shape[1:])
+
+    def prefetch(self, batches):
+        """Announce the index batches that will be asked for next, in order (e.g. an epoch's permutation in batch-size
+        rows): the first `prefetch_depth` start reading at once, each later one when an earlier one is taken."""
+        self._queue, self._plan = [], iter([torch.as_tensor(b).reshape(-1).cpu().long() for b in batches])
+        self._refill()
+
+    def _refill(self):
+        while len(self._queue) < self.prefetch_depth and (b := next(self._plan, None)) is not None:
+            self._queue.append((b, self._submit(b)))
+
+    def _pools(self):
+        if self._io is None:
+            self._io = ThreadPoolExecutor(self.workers, thread_name_prefix="DiskImages-io")
+            self._ahead = ThreadPoolExecutor(1, thread_name_prefix="DiskImages-ahead")
+        return self._io, self._ahead
+
+    def _submit(self, idx):
+        "A future for batch `idx`: the decoded batch on the CPU, or (CUDA: decoded later on the device) the file bytes."
+        return self._pools()[1].submit(self._read_all if self.device.type == "cuda" else self._load_cpu, idx)
+
+    def _take(self, idx):
+        "Batch `idx`, from the read-ahead queue when it is there (stale entries before it are dropped)."
+        hit = next((k for k, (b, _) in enumerate(self._queue) if b.shape == idx.shape and torch.equal(b, idx)), None)
+        if hit is not None:
+            fut = self._queue[hit][1]; del self._queue[:hit + 1]
+            self._refill()
+            got = fut.result(); self.served['ahead'] += 1
+        else:
+            got = self._read_all(idx) if self.device.type == "cuda" else self._load_cpu(idx); self.served['direct'] += 1
+        if self.device.type == "cuda": got = self._decode(idx, got, self.device)
+        return got.to(self.device, non_blocking=True)
+
+    def _read(self, i):
+        try: return _read_file(self.files[i])
+        except OSError as e:
+            raise FileNotFoundError(f"cannot read the image {self.name(i)} in {self.root} ({type(e).__name__}: {e}); the folder "
+                                    f"changed after it was listed: load the dataset again") from None
+
+    def _read_all(self, idx): return list(self._pools()[0].map(self._read, idx.tolist()))
+
+    def _load_cpu(self, idx):
+        "Read and decode batch `idx` on the CPU, in `workers` chunks that run in parallel (file reads and decoding release the GIL)."
+        if len(idx) == 0: return torch.zeros(0, *self.shape[1:], dtype=torch.uint8)
+        chunks = idx.tensor_split(min(self.workers, len(idx)))
+        return torch.cat(list(self._pools()[0].map(lambda c: self._decode(c, [self._read(i) for i in c.tolist()], "cpu"), chunks)))
+
+    def _decode(self, idx, datas, device):
+        "uint8 n×3×S×S on `device` from the file bytes `datas` of images `idx`."
+        from torchvision.io import decode_jpeg
+        S, device, out = self.image_size, torch.device(device), [None] * len(datas)
+        jpeg = [k for k, d in enumerate(datas) if len(d) > 3 and d[:3].tolist() == [0xFF, 0xD8, 0xFF]]
+        if jpeg:
+            try: dec = decode_jpeg([datas[k] for k in jpeg], device=device, apply_exif_orientation=device.type == "cpu")
+            except RuntimeError: dec = [None] * len(jpeg)   # one bad file fails the call: try each alone, to name it
+            for k, im in zip(jpeg, dec):
+                if im is None:
+                    try: im = decode_jpeg(datas[k], device=device, apply_exif_orientation=device.type == "cpu")
+                    except RuntimeError: im = None
+                if im is not None and im.shape[0] in (1, 3): out[k] = self._fit(int(idx[k]), im.expand(3, -1, -1))
+        for k, im in enumerate(out):   # PNG & co., CMYK JPEGs, and JPEGs libjpeg refused: PIL, as the resident path
+            if im is None: out[k] = self._fit(int(idx[k]), self._pil(int(idx[k]), datas[k])).to(device)
+        return torch.stack(out) if out else torch.zeros(0, 3, S, S, dtype=torch.uint8, device=device)
+
+    def _pil(self, i, data):
+        "An image decoded by PIL (CHW uint8), or the resident path's error naming the file."
+        try: return torch.from_numpy(_decode_image(data.numpy().tobytes()).copy()).permute(2, 0, 1)
+        except Exception as e:
+            raise ValueError(f"cannot decode the image {self.name(i)} in {self.root} ({type(e).__name__}: {e}); "
+                             f"the file is damaged or not an image: replace or remove it") from None
+
+    def _fit(self, i, im):
+        "Image `i` (3×H×W uint8) brought to S×S as the resident path does, or an error naming it when sizes must match."
+        S, (h, w) = self.image_size, im.shape[-2:]
+        if (h, w) == (S, S): return im
+        if not self.resize:
+            raise ValueError(f"images have different sizes ({S}×{S} {self.name(0)}, {w}×{h} {self.name(i)}); pass "
+                             f"image_size=... to resize the shorter side and centre-crop every image to a square")
+        if im.device.type == "cpu":   # PIL's resize, as in `_decode_image`: the same pixels as the resident path
+            from PIL import Image
+            return torch.from_numpy(np.array(_pil_square(Image.fromarray(im.permute(1, 2, 0).numpy()), S))).permute(2, 0, 1)
+        return _square(im[None], S)[0]  # on the GPU: torch's antialiased bilinear (within 1 grey level of PIL's)
+
+# %% ../nbs/01_data.ipynb #d6291c85
+_STATS_SAMPLE = 2048
+
+def _folder_lists(tree, classes, split):
+    "(files, labels) of one split of a scanned directory tree, classes in order and files by name."
+    pairs = [(f, i) for i, c in enumerate(classes) for _, f in tree[split][c]]
+    if not pairs: raise ValueError(f"no images found under {split}/ (expected {_LAYOUT})")
+    return [f for f, _ in pairs], torch.tensor([i for _, i in pairs], dtype=torch.long)
+
+def _image_size_of(f, path):
+    "(width, height) of image file `f` from its header (EXIF rotation applied), or the resident path's error naming it."
+    from PIL import Image
+    try:
+        with Image.open(f) as im:
+            w, h = im.size
+            return (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
+    except Exception as e:
+        raise ValueError(f"cannot decode the image {os.path.relpath(f, path)} in {path} ({type(e).__name__}: {e}); "
+                         f"the file is damaged or not an image: replace or remove it") from None
+
+def _stream_folder(name, path, tree, classes, test_split, image_size, workers=None) -> ImageData:
+    "An `ImageData` whose images stay on disk (`DiskImages`); the channel statistics come from an evenly spaced sample."
+    (trf, try_), (tef, tey) = _folder_lists(tree, classes, "train"), _folder_lists(tree, classes, test_split)
+    if image_size is None:
+        w, h = _image_size_of(trf[0], path)
+        if w != h: raise ValueError(f"images are {w}×{h} ({os.path.relpath(trf[0], path)}), not square; pass image_size=... "
+                                    f"to resize and centre-crop them")
+    size = image_size or w
+    tr, te = (DiskImages(f, size, resize=image_size is not None, root=path, workers=workers) for f in (trf, tef))
+    sample = torch.linspace(0, len(tr) - 1, min(len(tr), _STATS_SAMPLE)).round().long().unique()
+    mean, std = _channel_stats(tr[sample])
+    return _make(name, tr, try_, te, tey, classes, mean, std)
+
 # %% ../nbs/01_data.ipynb #a19f054c
 def load_dataset(name="cifar10_5k", path=None, root=None, download=False,
-                 train_per_class=None, test_per_class=None, image_size=None, seed=0) -> ImageData:
-    "Load dataset `name` (one of `DATASETS`) as an `ImageData` of uint8 N×3×H×W tensors."
+                 train_per_class=None, test_per_class=None, image_size=None, seed=0, memory_budget=None, workers=None) -> ImageData:
+    """Load dataset `name` (one of `DATASETS`) as an `ImageData` of uint8 N×3×H×W tensors; a `folder` directory whose
+    decoded images exceed `memory_budget` (bytes, '8GB', or None: half the available memory) streams from disk instead,
+    read and decoded by `workers` threads (default: one per CPU core, at most 16)."""
     if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     for k, v in dict(train_per_class=train_per_class, test_per_class=test_per_class, image_size=image_size).items():
         if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
             raise ValueError(f"{k} must be a positive int or None, got {v!r}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool): raise ValueError(f"seed must be an int, got {seed!r}")
+    budget = memory_budget_bytes(memory_budget)
+    if workers is not None and (not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1):
+        raise ValueError(f"workers must be a positive int or None, got {workers!r}")
     def subset(x, y, n):
         i = torch.from_numpy(_first_per_class(y.numpy(), n))
         return (x[i], y[i]) if n is not None else (x, y)
@@ -447,6 +673,15 @@ def load_dataset(name="cifar10_5k", path=None, root=None, download=False,
         if name == "folder" and src.is_file() and not tarfile.is_tarfile(src):
             raise ValueError(f"{src} is neither a directory nor a tar archive (or it is damaged); expected {_LAYOUT}")
     else: src = Path(path).expanduser() if path is not None else root / name
+    if name == "folder" and src.is_dir():  # larger than the budget once decoded: stream it
+        tree = _scan_dir(src, dict(train=train_per_class, test=test_per_class, val=test_per_class))
+        classes, test_split = _check_tree(tree, src)
+        n = sum(len(v) for s in ("train", test_split) for v in tree[s].values())
+        w, h = (image_size, image_size) if image_size else _image_size_of(_folder_lists(tree, classes, "train")[0][0], src)
+        if n * 3 * w * h > budget:
+            data = _stream_folder(name, src, tree, classes, test_split, image_size, workers)
+            check_image_data(data, f"{name} data from {src}")
+            return data
     opts = dict(train_per_class=train_per_class, test_per_class=test_per_class, image_size=image_size,
                 seed=seed if name == "npz" else None)
     if src.exists():
@@ -468,7 +703,7 @@ def load_dataset(name="cifar10_5k", path=None, root=None, download=False,
 def place(data: ImageData, device, max_fraction=0.5) -> ImageData:
     "Move `data` to `device` if it fits (CUDA: within `max_fraction` of free memory), else keep it on the CPU and warn."
     device = torch.device(device)
-    if device.type != "cuda": return data.to(device)
+    if device.type != "cuda" or data.streamed: return data.to(device)  # streamed: labels move, batches decode onto `device`
     free, _ = torch.cuda.mem_get_info(device)
     if data.nbytes <= max_fraction * free: return data.to(device)
     warnings.warn(f"{data.name}: {data.nbytes / 2**30:.2f} GiB does not fit in {max_fraction:.0%} of the "

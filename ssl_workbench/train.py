@@ -13,7 +13,7 @@ import torch.nn as nn
 from tqdm.std import tqdm
 from .core import (Config, ConfigError, Progress, check_choice, check_range, get_device, seed_everything,
                                 get_method_class, method_ref)
-from .data import load_dataset, place, check_image_data, DATASETS, ImageData
+from .data import load_dataset, place, check_image_data, DATASETS, ImageData, memory_budget_bytes
 from .augment import ViewMaker
 from .backbones import make_backbone, BACKBONES
 from .blocks import LARS, warmup_cosine
@@ -73,6 +73,7 @@ class TrainConfig(Config):
     train_per_class: int | None = None
     test_per_class: int | None = None
     image_size: int | None = None
+    memory_budget: str | None = None
     download: bool = False
     backbone: str = 'resnet_small'
     cifar_stem: bool | None = None
@@ -107,6 +108,8 @@ class TrainConfig(Config):
         for k in ('weight_decay', 'warmup_epochs', 'final_lr_frac', 'eval_every'): check_range(k, getattr(self, k), 0)
         check_range('momentum', self.momentum, 0, 1); check_range('seed', self.seed, 0, 2**32 - 1)
         if self.grad_clip is not None: check_range('grad_clip', self.grad_clip, 0, lo_open=True)
+        try: memory_budget_bytes(self.memory_budget)
+        except ValueError as e: raise ConfigError(str(e)) from None
 
 # %% ../nbs/06_train.ipynb #ce662923
 def resolve_configs(method, preset='small', **overrides):
@@ -445,7 +448,7 @@ def release_run_dir(run_dir: Path, created: bool):
         except OSError: pass
 
 # %% ../nbs/06_train.ipynb #3148a4f5
-RESUME_KEYS = ('device', 'progress', 'log_every')
+RESUME_KEYS = ('device', 'progress', 'log_every', 'memory_budget')
 
 def _resume_method(conf, method):
     "The method class of a checkpointed run: `method` if given (it must carry the run's name), else by its stored reference."
@@ -496,7 +499,8 @@ def build_run(M, preset, tcfg, mcfg, run_dir, data=None):
     seed_everything(tcfg.seed)
     if data is None:
         data = load_dataset(tcfg.dataset, path=tcfg.data_path, download=tcfg.download, train_per_class=tcfg.train_per_class,
-                            test_per_class=tcfg.test_per_class, image_size=tcfg.image_size)
+                            test_per_class=tcfg.test_per_class, image_size=tcfg.image_size,
+                            memory_budget=tcfg.memory_budget)
     elif not isinstance(data, ImageData):
         raise ConfigError(f"data= must be an ssl_workbench.data.ImageData (from load_dataset), not {type(data).__name__}")
     check_image_data(data, 'data=' if data.name is None else f"dataset {data.name!r}")
@@ -634,6 +638,7 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
             for epoch in range(start_epoch, tcfg.epochs):
                 prog.epoch = epoch
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(tcfg.seed * 100003 + epoch))
+                if data.streamed: data.train_x.prefetch(perm[:spe * B].view(spe, B)[start_it if epoch == start_epoch else 0:])
                 window, ep_sums, ep_count, n_win = {}, {}, 0, 0
                 if epoch == start_epoch and partial:
                     window, ep_sums, ep_count, n_win = partial['window'], partial['ep_sums'], partial['ep_count'], partial['n_win']
