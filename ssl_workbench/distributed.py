@@ -302,4 +302,5 @@ def main(argv=None):
         if started and is_dist(): dist.destroy_process_group()
 
 # %% ../nbs/19_distributed.ipynb #b6895b67
+#| eval: false
 if __name__ == '__main__' and not IN_NOTEBOOK: main()
