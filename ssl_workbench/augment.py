@@ -216,18 +216,21 @@ class ViewMaker:
         m, s = self._mean_std(x)
         return (x - m) / s
 
-    def __call__(self, x_uint8: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    def __call__(self, x_uint8: torch.Tensor, generator: torch.Generator | None = None, n_draw=None, rows=None) -> list[torch.Tensor]:
         x = to_unit(x_uint8)
-        return [self.apply(x, spec, generator) for spec in self.specs]
+        return [self.apply(x, spec, generator, n_draw=n_draw, rows=rows) for spec in self.specs]
 
-    def apply(self, x_uint8, spec: ViewSpec, generator=None, return_params=False, normalize=True):
-        "One view; `return_params` also returns the sampled per-sample parameters; `normalize=False` keeps [0, 1]."
+    def apply(self, x_uint8, spec: ViewSpec, generator=None, return_params=False, normalize=True, n_draw=None, rows=None):
+        """One view; `return_params` also returns the sampled per-sample parameters; `normalize=False` keeps [0, 1].
+        `n_draw`, `rows`: draw the parameters of `n_draw` samples and use those of `rows` (a slice) for this batch."""
         x = to_unit(x_uint8)
         B, C, H, W = x.shape
-        rand = lambda: torch.rand(B, generator=generator, device=x.device)
+        N = B if n_draw is None else n_draw
+        pick = (lambda t: t) if rows is None else (lambda t: t[rows])
+        rand = lambda: pick(torch.rand(N, generator=generator, device=x.device))
         uniform = lambda a, b: a + (b - a) * rand()
         coin = lambda p: rand() < p
-        boxes = sample_crops(B, H, W, spec.scale, spec.ratio, generator, x.device)
+        boxes = pick(sample_crops(N, H, W, spec.scale, spec.ratio, generator, x.device))
         flip = coin(spec.hflip_p)
         x = resized_crop(x, boxes, spec.size, flip)
         p = dict(boxes=boxes, area=boxes[:, 2] * boxes[:, 3] / (H * W), flip=flip)

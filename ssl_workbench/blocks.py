@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .core import ConfigError, l2n
+from .distributed import all_gather_cat, gather_with_grad, rank, sync_batch_norm
 
 # %% auto #0
 __all__ = ['mlp', 'make_teacher', 'ema_update_', 'cosine_momentum', 'Queue', 'embedding_std', 'nn_stats', 'CosinePrototypes',
@@ -69,7 +70,10 @@ class Queue(nn.Module):
         return sim, self.emb[idx], self.labels[idx], self.index[idx]
     @torch.no_grad()
     def push(self, emb, labels=None, index=None):
-        "Enqueue a batch (normalised here unless `normalize=False`), overwriting the oldest entries."
+        "Enqueue a batch (normalised here unless `normalize=False`), overwriting the oldest entries; in a multi-process run the global batch (all processes' rows, rank order)."
+        emb = all_gather_cat(emb.detach())
+        if labels is not None: labels = all_gather_cat(labels)
+        if index is not None: index = all_gather_cat(index)
         n = emb.shape[0]
         pos = (self.ptr + torch.arange(n, device=self.emb.device)) % self.size
         self.emb[pos] = (l2n(emb.detach()) if self.normalize else emb.detach()).to(self.emb.dtype)
@@ -100,9 +104,9 @@ class CosinePrototypes(nn.Module):
 
 # %% ../nbs/04_blocks.ipynb #93d7e9ca
 def nnclr_loss(a, b, tau=0.2):
-    "InfoNCE of row i of `a` against row i of `b` with the other rows of `b` as negatives."
-    logits = l2n(a) @ l2n(b).T / tau
-    return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
+    "InfoNCE of row i of `a` against row i of `b` with the other rows of `b` as negatives (in a multi-process run: of the global batch)."
+    logits = l2n(a) @ l2n(gather_with_grad(b)).T / tau
+    return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device) + rank() * a.shape[0])
 
 def soft_ce(target_probs, student_logits):
     "Mean over the batch of −Σ p log softmax(s)."
@@ -172,7 +176,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
     "BatchNorm whose training statistics come from `num_splits` strided groups of the batch separately (any N×C×… input)."
     def __init__(self, num_features, num_splits=1, **kw):
         super().__init__(num_features, **kw)
-        self.num_splits = num_splits
+        self.num_splits, self.sync = num_splits, False     # sync: groups over all processes (`sync_batchnorm_`)
     def _check_input_dim(self, x):
         if x.dim() < 2: raise ValueError(f"expected an N×C×… input, got {x.dim()}D")
     def forward(self, x):
@@ -184,7 +188,8 @@ class SplitBatchNorm(nn.BatchNorm2d):
         w = self.weight.repeat(S) if self.affine else None
         b = self.bias.repeat(S) if self.affine else None
         if self.track_running_stats: self.num_batches_tracked.add_(1)
-        out = F.batch_norm(x.reshape(N // S, S * C, *x.shape[2:]), rm, rv, w, b, True, self.momentum, self.eps)
+        bn = sync_batch_norm if self.sync else F.batch_norm
+        out = bn(x.reshape(N // S, S * C, *x.shape[2:]), rm, rv, w, b, True, self.momentum, self.eps)
         if self.track_running_stats:
             with torch.no_grad():
                 self.running_mean.copy_(rm.view(S, C).mean(0)); self.running_var.copy_(rv.view(S, C).mean(0))

@@ -18,6 +18,8 @@ from .augment import ViewMaker
 from .backbones import make_backbone, BACKBONES
 from .blocks import LARS, warmup_cosine
 from .metrics import extract_features, knn_accuracy
+from .distributed import (world_size, is_main, rank_slice, sync_batchnorm_, DDPMethod, mean_over_ranks, on_main,
+                                       any_rank, rank_rng_states, restore_rank_rng, check_world_size, distributed_evaluate)
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'PRECISIONS', 'CHECKPOINT_KEYS', 'MAX_WEIGHT_GROWTH', 'LOSS_BLOWUP', 'RUN_FILES', 'RESUME_KEYS',
@@ -87,6 +89,7 @@ class TrainConfig(Config):
     warmup_epochs: float = 1.0
     final_lr_frac: float = 0.0
     grad_clip: float | None = None
+    sync_bn: bool = True
     device: str = 'auto'
     precision: str = 'auto'
     compile_backbone: bool = False
@@ -208,13 +211,13 @@ def first_nonfinite(obj):
         ok.update(zip(idx, torch.stack([named[i][1].isfinite().all() for i in idx]).tolist()))
     return next((named[i][0] for i in range(len(named)) if not ok[i]), None)
 
-def save_checkpoint(path, run, opt, gen, epoch, it, step, partial=None):
-    "Atomically write everything needed to resume exactly (`partial`: mid-epoch metric accumulators), if all of it is finite."
+def save_checkpoint(path, run, opt, gen, epoch, it, step, partial=None, extra=None):
+    "Atomically write everything needed to resume exactly (`partial`: mid-epoch metric accumulators; `extra`: more entries), if all of it is finite."
     path = Path(path)
     state = dict(method=run.method.state_dict(), optimizer=opt.state_dict(), epoch=epoch, iter=it, step=step, partial=partial or {},
                  rng_cpu=torch.get_rng_state(), rng_aug=gen.get_state(), history_json=json.dumps(run.history),
                  config_json=json.dumps(run.config),
-                 rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+                 rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], **(extra or {}))
     bad = first_nonfinite(dict(method=state['method'], optimizer=state['optimizer']['state'], partial=state['partial']))
     if bad is not None:
         raise DivergenceError(f"{bad} is not finite at step {step}: refusing to write it as a checkpoint "
@@ -508,13 +511,17 @@ def build_run(M, preset, tcfg, mcfg, run_dir, data=None):
     n, B = data.n_train, tcfg.batch_size
     if B > n: raise ConfigError(f"batch_size={B} is larger than the {n} training images; allowed: 1..{n}")
     if tcfg.knn_k > n: raise ConfigError(f"knn_k={tcfg.knn_k} is larger than the {n} training images; allowed: 1..{n}")
+    W = world_size()
+    if B % W: raise ConfigError(f"batch_size={B} (the global batch) must be a multiple of the {W} processes; allowed e.g. "
+                                f"{max(W, B - B % W)} or {B - B % W + W}")
     backbone = make_backbone(tcfg.backbone, data.image_size, tcfg.cifar_stem)
     model = M(mcfg, backbone, batch_size=B, n_train=n).to(device)
+    if W > 1 and tcfg.sync_bn: sync_batchnorm_(model)
     if device.type == 'cuda': model = model.to(memory_format=torch.channels_last)
     if tcfg.compile_backbone: compile_backbones_(model)
     vm = ViewMaker(model.view_specs(data.image_size), data.mean, data.std)
     config = dict(method=M.name, method_class=method_ref(M), preset=preset, train=tcfg.to_dict(), method_config=mcfg.to_dict(),
-                  versions=_versions(), data=dict(name=data.name, n_train=n, n_test=len(data.test_y), image_size=data.image_size,
+                  versions=_versions(), world_size=W, data=dict(name=data.name, n_train=n, n_test=len(data.test_y), image_size=data.image_size,
                                                   classes=list(map(str, data.classes))))
     run = Run(run_dir, model, M.name, config, data, vm)
     run.optimizer = build_optimizer(model.param_groups(tcfg.weight_decay), tcfg)
@@ -581,17 +588,20 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
     if stop_after_epochs is not None: check_range('stop_after_epochs', check_type('stop_after_epochs', stop_after_epochs, int), 1)
     callbacks = _as_callbacks(callbacks)
     M, preset, tcfg, mcfg, run_dir, ck = resolve_run(method, dataset, epochs, preset, resume, overrides)
+    W = world_size()                      # processes (ssl_workbench.distributed); process 0 owns the run directory
+    if ck is not None: check_world_size(json.loads(ck['config_json']), run_dir)
     ck_file = run_dir / 'checkpoints' / 'last.pt'
-    if ck is None: run_dir, created = claim_run_dir(run_dir, unique=tcfg.run_dir is None); ck_file = run_dir / 'checkpoints' / 'last.pt'
-    else: _check_writable(run_dir, 'the run folder'); _check_writable(ck_file.parent, 'the checkpoints folder')
+    if ck is None:
+        run_dir, created = on_main(lambda: claim_run_dir(run_dir, unique=tcfg.run_dir is None)); ck_file = run_dir / 'checkpoints' / 'last.pt'
+    else: on_main(lambda: (_check_writable(run_dir, 'the run folder'), _check_writable(ck_file.parent, 'the checkpoints folder')))
     try:
         run = build_run(M, preset, tcfg, mcfg, run_dir, data)
         if ck is not None: _load_state(run, ck, ck_file)
     except BaseException:
-        if ck is None: release_run_dir(run_dir, created)
+        if ck is None and is_main(): release_run_dir(run_dir, created)
         raise
     model, opt, data, vm, device, amp = run.method, run.optimizer, run.data, run.view_maker, run.device, run.amp
-    (run_dir / 'config.json').write_text(json.dumps(run.config, indent=1))
+    if is_main(): (run_dir / 'config.json').write_text(json.dumps(run.config, indent=1))
     gen = torch.Generator(device=device); gen.manual_seed(tcfg.seed)
     n, B = data.n_train, tcfg.batch_size
     spe = n // B
@@ -600,14 +610,17 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
     if ck is not None:
         torch.set_rng_state(ck['rng_cpu']); gen.set_state(ck['rng_aug'])
         if ck['rng_cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(ck['rng_cuda'])
+        restore_rank_rng(ck)
         run.history = json.loads(ck['history_json'])
         start_epoch, start_it, prog.step, partial = ck['epoch'], ck['iter'], ck['step'], ck['partial']
         saved = (ck['epoch'], ck['step'])
     else:
         model.setup(data, vm, device)
     model.bind(data, vm, gen)
+    step_model = DDPMethod(model) if W > 1 else model
+    _evaluate = evaluate if W == 1 else distributed_evaluate
     log_file = run_dir / 'metrics.jsonl'
-    log = open(log_file, 'w')
+    log = open(log_file if is_main() else os.devnull, 'w')
     def record(r):
         run.history.append(r)
         try: log.write(json.dumps(r) + '\n'); log.flush()
@@ -618,19 +631,21 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
         "Write the checkpoint, after the guard has checked the steps since its last look."
         nonlocal saved
         guard.check(prog.step)
-        try: save_checkpoint(ck_file, run, opt, gen, epoch, it, prog.step, partial)
+        extra = rank_rng_states()
+        try:
+            if is_main(): save_checkpoint(ck_file, run, opt, gen, epoch, it, prog.step, partial, extra)
         except CheckpointError as e:
             raise CheckpointError(f"{e}. The metrics up to step {prog.step} are in {log_file}; make the folder writable "
                                   f"(or free space) and resume, or start a new run") from None
         saved = (epoch, prog.step)
     def stopped(how):
         run.status = 'interrupted'
-        print(f"{how} at step {prog.step}; checkpoint written to {ck_file}. Continue with train(resume={str(run_dir)!r})", flush=True)
+        if is_main(): print(f"{how} at step {prog.step}; checkpoint written to {ck_file}. Continue with train(resume={str(run_dir)!r})", flush=True)
         if getattr(run, '_stop_signal', None) == 'SIGTERM': raise SystemExit(128 + signal.SIGTERM)
         return run
     if ck is None and tcfg.eval_at_start and tcfg.eval_every:
-        record({'kind': 'epoch', 'epoch': 0, 'step': 0, **evaluate(model, data, vm, tcfg, amp)})
-    bar = tqdm(total=prog.total_steps, initial=prog.step, disable=not tcfg.progress, mininterval=1.0, desc=M.name)
+        record({'kind': 'epoch', 'epoch': 0, 'step': 0, **_evaluate(model, data, vm, tcfg, amp)})
+    bar = tqdm(total=prog.total_steps, initial=prog.step, disable=not tcfg.progress or not is_main(), mininterval=1.0, desc=M.name)
     _call(callbacks, 'on_train_start', run)
     model.train()
     try:
@@ -644,30 +659,30 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
                     window, ep_sums, ep_count, n_win = partial['window'], partial['ep_sums'], partial['ep_count'], partial['n_win']
                 t_ep = t_win = time.time()
                 for it in range(start_it if epoch == start_epoch else 0, spe):
-                    batch = make_batch(data, perm[it * B:(it + 1) * B], vm, gen, device)
-                    out = train_step(model, opt, batch, prog, tcfg, amp, guard=guard)
+                    batch = make_batch(data, *rank_slice(perm[it * B:(it + 1) * B], vm), gen, device)
+                    out = train_step(step_model, opt, batch, prog, tcfg, amp, guard=guard)
                     for k, v in {'loss/total': out.loss.detach(), **out.terms, **out.stats}.items():
                         v = v.detach() if torch.is_tensor(v) else v
                         window[k] = window.get(k, 0) + v; ep_sums[k] = ep_sums.get(k, 0) + v
                     ep_count += 1; n_win += 1; prog.step += 1; bar.update(1)
                     if n_win == tcfg.log_every or it == spe - 1:
-                        r = {'kind': 'step', 'epoch': epoch, 'step': prog.step, **{k: _to_float(v) / n_win for k, v in window.items()},
+                        r = {'kind': 'step', 'epoch': epoch, 'step': prog.step, **{k: _to_float(v) / n_win for k, v in mean_over_ranks(window).items()},
                              'lr': opt.param_groups[0]['lr'], 'time/step_s': (time.time() - t_win) / n_win}
                         record(r); bar.set_postfix(loss=f"{r['loss/total']:.4f}", refresh=False)
                         guard.check(prog.step, r['loss/total'])
                         _call(callbacks, 'on_log', run, r)
                         window, t_win, n_win = {}, time.time(), 0
-                    if run._stop and it < spe - 1:
+                    if (run._stop if W == 1 else n_win == 0 and any_rank(run._stop)) and it < spe - 1:   # processes agree at log lines
                         checkpoint(epoch, it + 1, dict(window=window, ep_sums=ep_sums, ep_count=ep_count, n_win=n_win))
                         return stopped('interrupted')
-                r = {'kind': 'epoch', 'epoch': epoch + 1, 'step': prog.step, **{k: _to_float(v) / max(1, ep_count) for k, v in ep_sums.items()},
+                r = {'kind': 'epoch', 'epoch': epoch + 1, 'step': prog.step, **{k: _to_float(v) / max(1, ep_count) for k, v in mean_over_ranks(ep_sums).items()},
                      'time/epoch_s': time.time() - t_ep, **{k: (v.tolist() if torch.is_tensor(v) else v) for k, v in model.on_epoch_end(prog).items()}}
                 if tcfg.eval_every and ((epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs):
-                    r.update(evaluate(model, data, vm, tcfg, amp))
+                    r.update(_evaluate(model, data, vm, tcfg, amp))
                 record(r)
                 checkpoint(epoch + 1, 0)
                 _call(callbacks, 'on_epoch_end', run, r)
-                if run._stop: return stopped(f'interrupted after epoch {epoch + 1}')
+                if run._stop if W == 1 else any_rank(run._stop): return stopped(f'interrupted after epoch {epoch + 1}')
                 if stop_after_epochs and epoch + 1 >= stop_after_epochs and epoch + 1 < tcfg.epochs:
                     run.status = 'interrupted'
                     return run
@@ -676,7 +691,8 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
     finally:
         bar.close(); log.close()
     run.status = 'finished'
-    try: _finish(run, tcfg)
+    try:
+        if is_main(): _finish(run, tcfg)
     except (OSError, RuntimeError) as e:
         raise OSError(f"training finished (checkpoint {ck_file}) but writing backbone.pt / report.html in {run_dir} failed: {e}") from e
     _call(callbacks, 'on_train_end', run)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from ..core import Config, ConfigError, Method, StepOutput, check_range, check_choice, l2n
+from ..distributed import all_gather_cat, local_rows, world_size
 
 # %% auto #0
 __all__ = ['ADASIM_RECIPES', 'BASES', 'VARIANTS', 'CACHE_DTYPES', 'cache_dtype', 'NeighbourCache', 'first_other',
@@ -51,10 +52,11 @@ class NeighbourCache(nn.Module):
         with torch.autocast(f.device.type, enabled=False):
             sims = (f.float() @ Z.float().t()) if Z.device.type == 'cpu' else (f.to(Z.dtype) @ Z.t()).float()
         s, i = sims.topk(min(self.k, self.n), dim=1)
-        self.table_idx[index], self.table_sim[index] = i.int(), s.half()
+        gi, gs, gx = all_gather_cat(i.int()), all_gather_cat(s.half()), all_gather_cat(index)   # every process's rows
+        self.table_idx[gx], self.table_sim[gx] = gi, gs
         return i, s
     @torch.no_grad()
-    def update(self, f, index): self.feats[index] = f.to(self.feats.dtype)
+    def update(self, f, index): self.feats[all_gather_cat(index)] = all_gather_cat(f.to(self.feats.dtype))
     @torch.no_grad()
     def end_epoch(self):
         "Push the epoch table into the ring (overwriting the oldest epoch). The table is kept, as in the released code."
@@ -205,8 +207,9 @@ class AdaSim(Method):
     def _partners(self, index):
         "j* for each anchor (j* = i for a standard pair), and whether partner views are needed this step."
         c, cache = self.cfg, self.cache
-        if c.variant == 'adasim' and c.tau > 0 and cache.filled >= c.window:
-            return adasim_partners(*cache.windowed(index), index, c.tau, self._gen), True
+        if c.variant == 'adasim' and c.tau > 0 and cache.filled >= c.window:   # drawn for the global batch: same generator draws everywhere
+            g = all_gather_cat(index)
+            return adasim_partners(*cache.windowed(g), g, c.tau, self._gen)[local_rows(len(index))], True
         if c.variant == 'nn' and cache.filled >= 1:
             j, has = first_other(cache.latest(index)[0], index)
             return torch.where(has, j, index), True
@@ -219,7 +222,7 @@ class AdaSim(Method):
         x = self._data.train_x
         xp = x[j.to(x.device)].to(view.device, non_blocking=True)
         with torch.autocast(view.device.type, enabled=False):
-            vp = self._vm.apply(xp, self._vm.specs[1], self._gen)
+            vp = self._vm.apply(xp, self._vm.specs[1], self._gen, n_draw=len(j) * world_size(), rows=local_rows(len(j)))
         out = torch.where((j != index).view(-1, 1, 1, 1), vp.to(view.dtype), view)
         return out.contiguous(memory_format=torch.channels_last) if view.device.type == 'cuda' else out
     def training_step(self, batch, progress):

@@ -11,6 +11,7 @@ import torch.nn as nn
 from ..core import Config, ConfigError, Method, StepOutput, check_range, check_choice, l2n, split_decay
 from ..blocks import mlp, Queue, nnclr_loss, nn_stats, make_teacher, ema_update_, cosine_momentum, embedding_std
 from ..augment import RECIPES
+from ..distributed import all_reduce_sum
 
 # %% auto #0
 __all__ = ['PE_KINDS', 'VARIANTS', 'SWITCHES', 'redundancy_loss', 'positional_encoding', 'shift', 'All4OneConfig', 'All4One']
@@ -20,8 +21,9 @@ def redundancy_loss(m1, z2, m2, z1):
     "All4One's feature term (Eq. 3): columns normalised over the batch, C₁ = m̄₁ᵀz̄₂, C₂ = m̄₂ᵀz̄₁; ½·RMS(diag − 1) + ½·RMS(off-diagonal)."
     dt = torch.promote_types(z1.dtype, torch.float32)
     with torch.autocast(z1.device.type, enabled=False):
-        c1 = l2n(m1.to(dt), dim=0).T @ l2n(z2.to(dt), dim=0)
-        c2 = l2n(m2.to(dt), dim=0).T @ l2n(z1.to(dt), dim=0)
+        cn = lambda x: x / all_reduce_sum(x.pow(2).sum(0)).sqrt().clamp_min(1e-12)   # columns over the global batch
+        c1 = all_reduce_sum(cn(m1.to(dt)).T @ cn(z2.to(dt)))
+        c2 = all_reduce_sum(cn(m2.to(dt)).T @ cn(z1.to(dt)))
         D = c1.shape[0]
         d1, d2 = torch.diagonal(c1), torch.diagonal(c2)
         on = ((d1 - 1).pow(2).mean() + (d2 - 1).pow(2).mean()) / 2

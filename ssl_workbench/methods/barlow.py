@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from ..core import Config, Method, StepOutput, check_range, check_choice
 from ..blocks import mlp, embedding_std
+from ..distributed import sync_batch_norm, all_reduce_sum, world_size
 from ..augment import RECIPES
 
 # %% auto #0
@@ -19,10 +20,8 @@ def barlow_terms(z1, z2, lambd=0.0051, scale=0.1):
     "(s·Σ(1 − Cᵢᵢ)², s·λ·Σ_{i≠j} Cᵢⱼ²) with C the cross-correlation of the batch-normalised `z1`, `z2` (B×D)."
     dt = torch.promote_types(z1.dtype, torch.float32)
     with torch.autocast(z1.device.type, enabled=False):
-        a, b = (F.batch_norm(z.to(dt), None, None, training=True, eps=1e-5) for z in (z1, z2))
-        c = a.T @ b / a.shape[0]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(c); c = c / torch.distributed.get_world_size()
+        a, b = (sync_batch_norm(z.to(dt), None, None, training=True, eps=1e-5) for z in (z1, z2))
+        c = all_reduce_sum(a.T @ b) / (a.shape[0] * world_size())     # over the global batch, gradients to every process
         diag = torch.diagonal(c)
         on = (1 - diag).pow(2).sum()
         off = c.pow(2).sum() - diag.pow(2).sum()
