@@ -130,7 +130,9 @@ def bench_step(method="nnclr", backbone: str = "resnet18", batch_size: int = 64,
     x = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8, device=device)
     labels, index = torch.randint(0, 10, (batch_size,), device=device), torch.arange(batch_size, device=device)
     amp = torch.bfloat16 if device.type == "cuda" else None
-    ref_bb = copy.deepcopy(model.backbone); teacher_bb = copy.deepcopy(model.backbone).eval()
+    # the limit: the same backbone modules in the modes the method runs them (a teacher: train-mode BN, no gradients)
+    ref_bb = copy.deepcopy(model.backbone)
+    teacher_bb = copy.deepcopy(getattr(model, "teacher_backbone", model.backbone)).train()
     if tcfg.compile_backbone:
         compile_backbones_(model); ref_bb.compile(); teacher_bb.compile()
     n_teacher = model.teacher_views

@@ -173,27 +173,27 @@ class ClusterSizeTracker(nn.Module):
 
 # %% ../nbs/04_blocks.ipynb #d5c40848
 class SplitBatchNorm(nn.BatchNorm2d):
-    "BatchNorm whose training statistics come from `num_splits` strided groups of the batch separately (any N×C×… input)."
+    "BatchNorm whose training statistics come from `num_splits` contiguous groups of the batch separately (any N×C×… input)."
     def __init__(self, num_features, num_splits=1, **kw):
         super().__init__(num_features, **kw)
         self.num_splits, self.sync = num_splits, False     # sync: groups over all processes (`sync_batchnorm_`)
     def _check_input_dim(self, x):
         if x.dim() < 2: raise ValueError(f"expected an N×C×… input, got {x.dim()}D")
     def forward(self, x):
-        S, N, C = self.num_splits, x.shape[0], x.shape[1]
+        S, N = self.num_splits, x.shape[0]
         if not self.training or S == 1: return super().forward(x)
         if N % S: raise ValueError(f"batch of {N} cannot be split into num_splits={S} equal groups; use a multiple of {S}")
-        rm = self.running_mean.repeat(S) if self.track_running_stats else None
-        rv = self.running_var.repeat(S) if self.track_running_stats else None
-        w = self.weight.repeat(S) if self.affine else None
-        b = self.bias.repeat(S) if self.affine else None
-        if self.track_running_stats: self.num_batches_tracked.add_(1)
+        track = self.track_running_stats
+        if track: self.num_batches_tracked.add_(1)
         bn = sync_batch_norm if self.sync else F.batch_norm
-        out = bn(x.reshape(N // S, S * C, *x.shape[2:]), rm, rv, w, b, True, self.momentum, self.eps)
-        if self.track_running_stats:
+        stats = [(self.running_mean.clone(), self.running_var.clone()) if track else (None, None) for _ in range(S)]
+        out = torch.cat([bn(xs, rm, rv, self.weight, self.bias, True, self.momentum, self.eps)
+                         for xs, (rm, rv) in zip(x.chunk(S), stats)])
+        if track:
             with torch.no_grad():
-                self.running_mean.copy_(rm.view(S, C).mean(0)); self.running_var.copy_(rv.view(S, C).mean(0))
-        return out.reshape(x.shape)
+                self.running_mean.copy_(torch.stack([m for m, _ in stats]).mean(0))
+                self.running_var.copy_(torch.stack([v for _, v in stats]).mean(0))
+        return out
 
 def split_batchnorm_(module, num_splits):
     "Replace every `BatchNorm1d/2d` inside `module` (in place) by a `SplitBatchNorm` with the same state; returns `module`."

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from ..core import Config, ConfigError, Method, StepOutput, check_range, check_choice, l2n
-from ..blocks import mlp, make_teacher, ema_update_, cosine_momentum, Queue, split_batchnorm_
+from ..blocks import mlp, make_teacher, ema_update_, cosine_momentum, Queue, split_batchnorm_, SplitBatchNorm
 from ..augment import RECIPES, ViewSpec, view_specs
 
 # %% auto #0
@@ -86,6 +86,8 @@ class JCL(Method):
         split_batchnorm_(backbone, c.bn_splits)
         self.head = mlp([backbone.feat_dim, c.proj_hidden or backbone.feat_dim, c.proj_dim], bn=False)
         self.teacher_backbone, self.teacher_head = make_teacher(backbone), make_teacher(self.head)
+        for m in self.teacher_backbone.modules():     # the key encoder sees one BN group per call: `keys` splits the batch
+            if isinstance(m, SplitBatchNorm): m.num_splits = 1
         self.queue = Queue(c.queue_size, c.proj_dim, batch_size, normalize=c.normalize_queue)
     def view_specs(self, image_size):
         c = self.cfg
@@ -103,13 +105,14 @@ class JCL(Method):
         return c.lam * (progress.epoch + 1) / progress.epochs if c.lam_ramp else c.lam
     @torch.no_grad()
     def keys(self, key_views):
-        "Unit keys B×M'×D of the M' key views from the momentum encoder (Shuffle-BN: permuted batch)."
-        M, B = len(key_views), key_views[0].shape[0]
+        """Unit keys B×M'×D of the M' key views from the momentum encoder. Shuffle-BN on one device: the M'·B key images,
+        permuted, go through the key encoder in `bn_splits` groups (one call per simulated device), then un-permuted."""
+        M, B, S = len(key_views), key_views[0].shape[0], self.cfg.bn_splits
         x = torch.cat(key_views)
-        if self.cfg.shuffle_keys and self.cfg.bn_splits > 1:
-            perm = torch.randperm(len(x), device=x.device)
-            k = self.teacher_head(self.teacher_backbone(x[perm]))[torch.argsort(perm)]
-        else: k = self.teacher_head(self.teacher_backbone(x))
+        perm = torch.randperm(len(x), device=x.device) if self.cfg.shuffle_keys and S > 1 else None
+        if perm is not None: x = x[perm]
+        k = self.teacher_head(torch.cat([self.teacher_backbone(g) for g in x.chunk(S)]))
+        if perm is not None: k = k[torch.argsort(perm)]
         return l2n(k.float()).view(M, B, -1).transpose(0, 1)
     def training_step(self, batch, progress):
         c, views = self.cfg, batch['views']
