@@ -23,11 +23,12 @@ GLOBAL_BATCH = 32
 # 2 steps an epoch. AdaSim bootstraps in its second epoch (window=1), so it runs 2 epochs.
 # All4One's transformer has dropout: its masks come from each process's generator for its own rows, so with dropout
 # the runs agree in distribution only; the equality is tested without it. JCL / MoCo's key shuffle is per process too.
+# ExCB with fewer clusters than images (k-means initialisation on) and two local crops (their own BN passes).
 BASE = dict(dataset='cifar10_5k', batch_size=GLOBAL_BATCH, epochs=1, progress=False, log_every=1, eval_every=0,
             eval_at_start=False)
 BY_PRECISION = {'fp64': dict(train_per_class=20, image_size=16), 'fp32': dict(train_per_class=7)}
 EXTRA = {'jcl': dict(shuffle_keys=False), 'mocov2': dict(shuffle_keys=False), 'adasim': dict(epochs=2),
-         'all4one': dict(dropout=0.0)}
+         'all4one': dict(dropout=0.0), 'excb': dict(n_clusters=32, augment='multicrop', n_local=2)}
 
 def run_kw(m, prec='fp64'):
     return {**BASE, **BY_PRECISION[prec], **METHOD_TINY.get(m, {}), **EXTRA.get(m, {})}
