@@ -3,7 +3,7 @@ global statistics (queues, ExCB sizes, DINO's centre, AdaSim's cache, BN running
 the documented torchrun command, a resume of its 2-process run, and the world-size error.
 
 The runs are made twice. In float64 (`float64_everywhere`: model, views and every `.float()` cast in float64) rounding
-is ~1e-16, so two runs that compute the same mathematics agree to ~1e-12 after all their steps and any bug shows as a
+is ~1e-16, so two runs that compute the same mathematics agree to ~1e-13 after all their steps and any bug shows as a
 large difference: this is the strict test (tolerance 1e-8). In float32 the order of the sums differs between one and
 two processes (1e-7 relative) and the training dynamics amplify it step by step; there only the first steps are
 compared, at a tolerance set by that rounding."""
@@ -35,7 +35,7 @@ def run_kw(m, prec='fp64'):
 
 @contextlib.contextmanager
 def float64_everywhere():
-    "Models, views and every `.float()` cast in float64 (for the test only): exact maths shows as ~1e-12 differences."
+    "Models, views and every `.float()` cast in float64 (for the test only): exact maths shows as ~1e-13 differences."
     dtype, to_float = torch.get_default_dtype(), torch.Tensor.float
     torch.set_default_dtype(torch.float64)
     torch.Tensor.float = lambda self, *a, **k: self.to(torch.float64, *a, **k)
