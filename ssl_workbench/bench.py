@@ -6,20 +6,24 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import tarfile
 import time
 
 import numpy as np
 import torch
+from torch import nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import ViewMaker, reference_transform, view_specs
+from .core import check_choice, ConfigError
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 # %% auto #0
-__all__ = ['CIFAR_MEAN', 'CIFAR_STD', 'load_images', 'TwoViews', 'throughput', 'bench_augment', 'bench_step', 'main']
+__all__ = ['CIFAR_MEAN', 'CIFAR_STD', 'PEER_METHODS', 'load_images', 'TwoViews', 'throughput', 'bench_augment', 'bench_step',
+           'lightly_step', 'bench_peer', 'main']
 
 # %% ../nbs/08_bench.ipynb #c6036179
 def load_images(path: str | None = None, n: int = 10_000, seed: int = 0) -> tuple[torch.Tensor, str]:
@@ -198,12 +202,147 @@ def _step(args):
         print(f"  {v!s:>10} | {r['step']:6.3f} | {r['backbone']:17.3f} | {r['ratio']:5.2f} | {r['step'] / first:5.2f}")
     return rows
 
+# %% ../nbs/08_bench.ipynb #725f7c0c
+PEER_METHODS = ("nnclr", "dino", "barlow", "simsiam", "mocov2", "simclr")
+
+def lightly_step(method: str, mcfg, backbone: nn.Module):
+    """`method` written with lightly's heads, losses and memory bank, dimensioned from our config `mcfg` (the structure of
+    lightly's own examples): (`parts`, a ModuleDict whose `student` is trained; `step(views, epoch) -> loss`;
+    `after_backward(epoch)`). Needs `pip install lightly`."""
+    try:
+        from lightly import loss as L
+        from lightly.models import modules as H
+        from lightly.models.utils import update_momentum, deactivate_requires_grad
+    except ImportError as e:
+        raise ImportError(f"the lightly peer needs lightly ({e}); install it with `pip install lightly` "
+                          f"or `pip install -e .[bench]`") from None
+    check_choice("method", method, PEER_METHODS)
+    c, d = mcfg, backbone.feat_dim
+    m = nn.ModuleDict(dict(backbone=backbone))
+    parts = nn.ModuleDict(dict(student=m))
+    def teacher_of(**fresh):
+        "A no-grad copy of the named student modules (`fresh`: a newly built one where deepcopy fails, e.g. weight_norm)."
+        t = nn.ModuleDict({n: fresh[n] if n in fresh else copy.deepcopy(m[n]) for n in ("backbone", *fresh)})
+        for n in fresh: t[n].load_state_dict(m[n].state_dict())
+        deactivate_requires_grad(t); parts["teacher"] = t; return t
+    after_backward = lambda epoch: None
+    if method == "nnclr":
+        m["proj"], m["pred"] = H.NNCLRProjectionHead(d, c.proj_hidden, c.proj_dim), H.NNCLRPredictionHead(c.proj_dim, c.pred_hidden, c.proj_dim)
+        bank, crit = H.NNMemoryBankModule(size=(c.queue_size, c.proj_dim)), L.NTXentLoss(temperature=c.temperature)
+        def step(views, epoch):
+            z0, z1 = (m["proj"](m["backbone"](v)) for v in views[:2])
+            p0, p1 = m["pred"](z0), m["pred"](z1)
+            n0, n1 = bank(z0.detach(), update=False), bank(z1.detach(), update=True)
+            return 0.5 * (crit(n0, p1) + crit(n1, p0))
+    elif method == "simclr":
+        m["proj"], crit = H.SimCLRProjectionHead(d, c.proj_hidden, c.proj_dim), L.NTXentLoss(temperature=c.temperature)
+        def step(views, epoch): return crit(*(m["proj"](m["backbone"](v)) for v in views[:2]))
+    elif method == "barlow":
+        m["proj"], crit = H.BarlowTwinsProjectionHead(d, c.proj_hidden, c.proj_dim), L.BarlowTwinsLoss(lambda_param=c.lambd)
+        def step(views, epoch): return crit(*(m["proj"](m["backbone"](v)) for v in views[:2]))
+    elif method == "simsiam":
+        m["proj"], m["pred"] = H.SimSiamProjectionHead(d, c.proj_hidden, c.proj_dim), H.SimSiamPredictionHead(c.proj_dim, c.pred_hidden, c.proj_dim)
+        crit = L.NegativeCosineSimilarity()
+        def step(views, epoch):
+            z0, z1 = (m["proj"](m["backbone"](v)) for v in views[:2])
+            return 0.5 * (crit(m["pred"](z0), z1.detach()) + crit(m["pred"](z1), z0.detach()))
+    elif method == "dino":
+        head = lambda: H.DINOProjectionHead(d, c.hidden_dim, c.bottleneck_dim, c.out_dim, batch_norm=c.bn,
+                                            freeze_last_layer=c.freeze_last_layer_epochs)
+        m["head"] = head()
+        t = teacher_of(head=head())
+        crit = L.DINOLoss(c.out_dim, c.warmup_teacher_temp, c.teacher_temp, c.warmup_teacher_temp_epochs, c.student_temp,
+                          c.center_momentum)
+        def step(views, epoch):
+            update_momentum(m["backbone"], t["backbone"], c.ema_momentum); update_momentum(m["head"], t["head"], c.ema_momentum)
+            with torch.no_grad(): t_out = [t["head"](t["backbone"](v)) for v in views[:c.n_global]]
+            return crit(t_out, [m["head"](m["backbone"](v)) for v in views], epoch=epoch)
+        after_backward = lambda epoch: m["head"].cancel_last_layer_gradients(epoch)
+    else:  # mocov2
+        m["proj"] = H.MoCoProjectionHead(d, c.proj_hidden or d, c.proj_dim)
+        t = teacher_of(proj=H.MoCoProjectionHead(d, c.proj_hidden or d, c.proj_dim))
+        crit = L.NTXentLoss(temperature=c.temperature, memory_bank_size=(c.queue_size, c.proj_dim))
+        def step(views, epoch):
+            update_momentum(m["backbone"], t["backbone"], c.momentum); update_momentum(m["proj"], t["proj"], c.momentum)
+            q = m["proj"](m["backbone"](views[0]))
+            with torch.no_grad(): k = t["proj"](t["backbone"](views[1]))
+            return crit(q, k)
+    parts["loss"] = crit
+    if method == "nnclr": parts["bank"] = bank
+    return parts, step, after_backward
+
+def bench_peer(method="nnclr", backbone: str = "resnet18", batch_size: int = 64, image_size: int = 32, steps: int = 5,
+               warmup: int = 2, device: str = "cpu", preset: str = "cifar", clock: str = "wall", verbose: bool = True,
+               **overrides) -> dict:
+    """Median seconds per training step of our `method` (the trainer's `train_step`) and of the same step written with
+    lightly's building blocks, alternating in one loop on the same views, backbone, optimiser and precision."""
+    from ssl_workbench.core import get_method_class, Progress, get_device, split_decay
+    from ssl_workbench.train import resolve_configs, build_optimizer, train_step
+    from ssl_workbench.backbones import make_backbone
+    device = get_device(device)
+    check_choice("clock", clock, ("wall", "cpu"))
+    if clock == "cpu" and device.type != "cpu": raise ConfigError(f"clock='cpu' times host CPU seconds; on {device} use clock='wall'")
+    now = time.perf_counter if clock == "wall" else time.process_time
+    M = get_method_class(method)
+    check_choice("method", M.name, PEER_METHODS)
+    if M.name == "mocov2": overrides.setdefault("bn_splits", 1)    # lightly's MoCo example has no Shuffle-BN on one device
+    tcfg, mcfg = resolve_configs(M, preset, backbone=backbone, batch_size=batch_size, **overrides)
+    fmt, amp = torch.channels_last, (torch.bfloat16 if device.type == "cuda" else None)
+    ours = M(mcfg, make_backbone(backbone, image_size), batch_size=batch_size, n_train=100_000).to(device, memory_format=fmt)
+    peer, peer_step, peer_after_backward = lightly_step(M.name, mcfg, make_backbone(backbone, image_size))
+    peer = peer.to(device, memory_format=fmt)
+    opt = build_optimizer(ours.param_groups(tcfg.weight_decay), tcfg)
+    peer_opt = build_optimizer(split_decay(peer["student"].named_parameters(), tcfg.weight_decay), tcfg)
+    vm = ViewMaker(ours.view_specs(image_size), (0.5,) * 3, (0.25,) * 3)
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8, device=device)
+    labels, index = torch.randint(0, 10, (batch_size,), device=device), torch.arange(batch_size, device=device)
+    prog = Progress(step=0, steps_per_epoch=1000, epochs=100)
+    def tick(): _sync(device); return now()
+    t_ours, t_peer = [], []
+    for i in range(warmup + steps):
+        views = [v.contiguous(memory_format=fmt) for v in vm(x, g)]
+        a = tick()
+        train_step(ours, opt, dict(views=views, labels=labels, index=index, images=x), prog, tcfg, amp)
+        b = tick()
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None): loss = peer_step(views, prog.epoch)
+        peer_opt.zero_grad(set_to_none=True); loss.backward(); peer_after_backward(prog.epoch); peer_opt.step()
+        c = tick()
+        prog.step += 1
+        if i >= warmup: t_ours.append(b - a); t_peer.append(c - b)
+    r = dict(method=M.name, ours=_median(t_ours), lightly=_median(t_peer))
+    r["ratio"] = r["ours"] / r["lightly"]
+    if verbose:
+        import lightly
+        print(f"{M.name}: ours {r['ours']:.3f} s, lightly {lightly.__version__} {r['lightly']:.3f} s per step; ours / lightly "
+              f"{r['ratio']:.2f} ({backbone}, batch {batch_size} × {len(views)} views, {device}, threads "
+              f"{torch.get_num_threads()}, {'bf16' if amp else 'fp32'}, channels-last, {preset} heads, median of {steps}, "
+              f"{clock} clock{', bn_splits=1 (lightly has no Shuffle-BN)' if M.name == 'mocov2' else ''})")
+    return r
+
+
 # %% ../nbs/08_bench.ipynb #4e1cf350
 def _augment(args):
     if args.threads: torch.set_num_threads(args.threads)
     return bench_augment(args.batch_size, args.workers, args.seconds, args.device, args.data, args.images,
                          args.warmup)
 
+
+def _peer(args):
+    if args.threads: torch.set_num_threads(args.threads)
+    overrides = {k: _value(v) for k, v in _key_values(args.set, "--set").items()}
+    methods = PEER_METHODS if args.method == "all" else args.method.split(",")
+    from ssl_workbench.core import get_method_class
+    from ssl_workbench.train import TrainConfig
+    keys = {m: set(TrainConfig.keys()) | set(get_method_class(m).config_class.keys()) for m in methods}
+    unknown = sorted(set(overrides) - set().union(*keys.values()))
+    if unknown: raise ConfigError(f"--set key(s) {unknown} belong to none of {', '.join(methods)}")
+    rows = [bench_peer(m, args.backbone, args.batch_size, args.image_size, args.steps, args.warmup, args.device, args.preset,
+                       args.clock, **{k: v for k, v in overrides.items() if k in keys[m]}) for m in methods]
+    if len(rows) > 1:
+        print(f"\n  {'method':>8} | ours s | lightly s | ours / lightly")
+        for r in rows: print(f"  {r['method']:>8} | {r['ours']:6.3f} | {r['lightly']:9.3f} | {r['ratio']:6.2f}")
+    return rows
 
 def main(argv=None):
     "Parse `argv` (default: `sys.argv[1:]`) and run the chosen subcommand."
@@ -241,6 +380,20 @@ def main(argv=None):
                    help="wall seconds (default) or the process's CPU seconds (CPU device; with --threads 1 it is not "
                         "disturbed by other processes on the machine)")
     p.set_defaults(func=_step)
+
+    p = sub.add_parser("peer", help="our step beside the same step written with lightly (pip install lightly)")
+    p.add_argument("--method", default="all", help=f"one of {', '.join(PEER_METHODS)}, a comma-separated list, or all")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--preset", default="cifar")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for both, repeatable")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"))
+    p.set_defaults(func=_peer)
 
     args = parser.parse_args(argv)
     return args.func(args)
