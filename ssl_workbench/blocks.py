@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .core import ConfigError, l2n
-from .distributed import all_gather_cat, gather_with_grad, rank, sync_batch_norm
+from .distributed import all_gather_cat, gather_with_grad, rank, world_size, all_reduce_mean_
 
 # %% auto #0
 __all__ = ['mlp', 'make_teacher', 'ema_update_', 'cosine_momentum', 'Queue', 'embedding_std', 'nn_stats', 'CosinePrototypes',
@@ -176,23 +176,27 @@ class SplitBatchNorm(nn.BatchNorm2d):
     "BatchNorm whose training statistics come from `num_splits` contiguous groups of the batch separately (any N×C×… input)."
     def __init__(self, num_features, num_splits=1, **kw):
         super().__init__(num_features, **kw)
-        self.num_splits, self.sync = num_splits, False     # sync: groups over all processes (`sync_batchnorm_`)
+        self.num_splits, self.sync = num_splits, False     # sync: S groups of the global batch (`sync_batchnorm_`)
     def _check_input_dim(self, x):
         if x.dim() < 2: raise ValueError(f"expected an N×C×… input, got {x.dim()}D")
     def forward(self, x):
-        S, N = self.num_splits, x.shape[0]
-        if not self.training or S == 1: return super().forward(x)
-        if N % S: raise ValueError(f"batch of {N} cannot be split into num_splits={S} equal groups; use a multiple of {S}")
+        S = self.num_splits
+        if self.sync:      # distributed: this process's rows are S / W whole groups of the global batch
+            W = world_size()
+            if S % W: raise ValueError(f"num_splits={S} BN groups cannot be shared by {W} processes; use a multiple of {W}")
+            S //= W
+        if not self.training or (S == 1 and not self.sync): return super().forward(x)
+        if x.shape[0] % S: raise ValueError(f"batch of {x.shape[0]} cannot be split into num_splits={S} equal groups; use a multiple of {S}")
         track = self.track_running_stats
         if track: self.num_batches_tracked.add_(1)
-        bn = sync_batch_norm if self.sync else F.batch_norm
         stats = [(self.running_mean.clone(), self.running_var.clone()) if track else (None, None) for _ in range(S)]
-        out = torch.cat([bn(xs, rm, rv, self.weight, self.bias, True, self.momentum, self.eps)
+        out = torch.cat([F.batch_norm(xs, rm, rv, self.weight, self.bias, True, self.momentum, self.eps)
                          for xs, (rm, rv) in zip(x.chunk(S), stats)])
         if track:
             with torch.no_grad():
                 self.running_mean.copy_(torch.stack([m for m, _ in stats]).mean(0))
                 self.running_var.copy_(torch.stack([v for _, v in stats]).mean(0))
+                if self.sync: all_reduce_mean_(self.running_mean); all_reduce_mean_(self.running_var)
         return out
 
 def split_batchnorm_(module, num_splits):

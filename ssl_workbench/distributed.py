@@ -166,9 +166,11 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 def sync_batchnorm_(module):
     """Replace every `BatchNorm1d/2d` inside `module` (in place) by a `SyncBatchNorm` with the same state, and make
-    every `SplitBatchNorm` synchronise its groups; returns `module`."""
+    every `SplitBatchNorm` treat its groups as groups of the global batch; returns `module`. A submodule with
+    `local_bn = True` (JCL's key encoder: Shuffle-BN normalises each device's keys alone) is left as it is."""
     from ssl_workbench.blocks import SplitBatchNorm
     for name, child in module.named_children():
+        if getattr(child, 'local_bn', False): continue
         if type(child) in (nn.BatchNorm1d, nn.BatchNorm2d):
             sbn = SyncBatchNorm(child.num_features, eps=child.eps, momentum=child.momentum, affine=child.affine,
                                 track_running_stats=child.track_running_stats)

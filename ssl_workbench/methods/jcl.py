@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..core import Config, ConfigError, Method, StepOutput, check_range, check_choice, l2n
 from ..blocks import mlp, make_teacher, ema_update_, cosine_momentum, Queue, split_batchnorm_, SplitBatchNorm
 from ..augment import RECIPES, ViewSpec, view_specs
+from ..distributed import world_size
 
 # %% auto #0
 __all__ = ['MOMENTUM_SCHEDULES', 'AUGMENTS', 'jcl_terms', 'jcl_loss', 'JCLConfig', 'JCL', 'MoCoV2Config', 'MoCoV2',
@@ -88,6 +89,9 @@ class JCL(Method):
         self.teacher_backbone, self.teacher_head = make_teacher(backbone), make_teacher(self.head)
         for m in self.teacher_backbone.modules():     # the key encoder sees one BN group per call: `keys` splits the batch
             if isinstance(m, SplitBatchNorm): m.num_splits = 1
+        self.teacher_backbone.local_bn = True         # never synchronised across processes (Shuffle-BN is per device)
+        if c.bn_splits > 1 and c.bn_splits % world_size():
+            raise ConfigError(f"bn_splits={c.bn_splits} must be 1 or a multiple of the {world_size()} processes")
         self.queue = Queue(c.queue_size, c.proj_dim, batch_size, normalize=c.normalize_queue)
     def view_specs(self, image_size):
         c = self.cfg
@@ -107,7 +111,8 @@ class JCL(Method):
     def keys(self, key_views):
         """Unit keys B×M'×D of the M' key views from the momentum encoder. Shuffle-BN on one device: the M'·B key images,
         permuted, go through the key encoder in `bn_splits` groups (one call per simulated device), then un-permuted."""
-        M, B, S = len(key_views), key_views[0].shape[0], self.cfg.bn_splits
+        M, B = len(key_views), key_views[0].shape[0]
+        S = max(1, self.cfg.bn_splits // world_size())     # this process's groups of the global key batch
         x = torch.cat(key_views)
         perm = torch.randperm(len(x), device=x.device) if self.cfg.shuffle_keys and S > 1 else None
         if perm is not None: x = x[perm]
