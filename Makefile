@@ -13,7 +13,7 @@ $(VENV)/.installed: settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[dev,bench]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -7,6 +7,7 @@ cfg = config['DEFAULT']
 
 requirements = cfg.get('requirements','').split()
 dev_requirements = cfg.get('dev_requirements','').split()
+bench_requirements = cfg.get('bench_requirements','').split()
 
 setuptools.setup(
     name = cfg['lib_name'],
@@ -17,7 +18,7 @@ setuptools.setup(
     packages = setuptools.find_packages(include=['ssl_workbench', 'ssl_workbench.*']),
     include_package_data = True,
     install_requires = requirements,
-    extras_require = {'dev': dev_requirements},
+    extras_require = {'dev': dev_requirements, 'bench': bench_requirements},
     python_requires = '>=' + cfg['min_python'],
     zip_safe = False,
     entry_points = {'nbdev': [f'{cfg["lib_path"]}={cfg["lib_path"]}._modidx:d']},

@@ -22,3 +22,13 @@ def test_bench_step_sweep_of_jcl_keys():
     out = run('step', '--method', 'jcl', '--backbone', 'convnet', '--preset', 'small', '--batch-size', '16',
               '--image-size', '16', '--steps', '1', '--warmup', '1', '--sweep', 'n_keys=1,2')
     assert 'n_keys sweep' in out and '1 student + 2 teacher view(s)' in out
+
+def test_bench_peer_cli_beside_lightly():
+    "Ours and the same step written with lightly, in one run (lightly: the optional `bench` extra that `make install` adds)."
+    import pytest
+    pytest.importorskip('lightly', reason='the optional bench extra is not installed: pip install -e .[bench]')
+    out = run('peer', '--method', 'all', '--backbone', 'convnet', '--preset', 'small', '--batch-size', '16',
+              '--image-size', '16', '--steps', '1', '--warmup', '1', '--set', 'queue_size=64')
+    rows = [l.split('|') for l in out.splitlines() if l.count('|') == 3 and 'method' not in l]
+    assert [r[0].strip() for r in rows] == ['nnclr', 'dino', 'barlow', 'simsiam', 'mocov2', 'simclr'], out
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows) and 'bn_splits=1' in out
