@@ -109,6 +109,12 @@ def bench_augment(batch_size: int = 256, workers: int = 2, seconds: float = 10.0
 # %% ../nbs/08_bench.ipynb #00aa8e92
 def _median(xs): return float(np.median(xs))
 
+def _clock(clock, device):
+    "The timer: wall seconds, or (`'cpu'`, CPU device only) the process's CPU seconds."
+    check_choice("clock", clock, ("wall", "cpu"))
+    if clock == "cpu" and device.type != "cpu": raise ConfigError(f"clock='cpu' times host CPU seconds; on {device} use clock='wall'")
+    return time.perf_counter if clock == "wall" else time.process_time
+
 def bench_step(method="nnclr", backbone: str = "resnet18", batch_size: int = 64, image_size: int = 32,
                steps: int = 5, warmup: int = 2, device: str = "cpu", preset: str = "cifar",
                channels_last: bool = True, verbose: bool = True, clock: str = "wall", **overrides) -> dict:
@@ -116,13 +122,11 @@ def bench_step(method="nnclr", backbone: str = "resnet18", batch_size: int = 64,
     `clock='cpu'` times the process's CPU seconds instead of wall seconds (CPU only; with one thread it is not
     disturbed by other processes sharing the cores)."""
     import copy
-    from ssl_workbench.core import get_method_class, Progress, get_device, check_choice, ConfigError
+    from ssl_workbench.core import get_method_class, Progress, get_device
     from ssl_workbench.train import resolve_configs, build_optimizer, train_step, compile_backbones_
     from ssl_workbench.backbones import make_backbone
     device = get_device(device)
-    check_choice("clock", clock, ("wall", "cpu"))
-    if clock == "cpu" and device.type != "cpu": raise ConfigError(f"clock='cpu' times host CPU seconds; on {device} use clock='wall'")
-    now = time.perf_counter if clock == "wall" else time.process_time
+    now = _clock(clock, device)
     M = get_method_class(method)
     tcfg, mcfg = resolve_configs(M, preset if preset in M.presets else "small", backbone=backbone, batch_size=batch_size, **overrides)
     model = M(mcfg, make_backbone(backbone, image_size), batch_size=batch_size, n_train=100_000).to(device)
@@ -280,9 +284,7 @@ def bench_peer(method="nnclr", backbone: str = "resnet18", batch_size: int = 64,
     from ssl_workbench.train import resolve_configs, build_optimizer, train_step
     from ssl_workbench.backbones import make_backbone
     device = get_device(device)
-    check_choice("clock", clock, ("wall", "cpu"))
-    if clock == "cpu" and device.type != "cpu": raise ConfigError(f"clock='cpu' times host CPU seconds; on {device} use clock='wall'")
-    now = time.perf_counter if clock == "wall" else time.process_time
+    now = _clock(clock, device)
     M = get_method_class(method)
     check_choice("method", M.name, PEER_METHODS)
     if M.name == "mocov2": overrides.setdefault("bn_splits", 1)    # lightly's MoCo example has no Shuffle-BN on one device

@@ -160,9 +160,7 @@ class ClusterSizeTracker(nn.Module):
     def batch_sizes(self, assign):
         "Fraction of `assign` (any shape, cluster ids) falling in each cluster (averaged over ranks if distributed)."
         sb = count_ids(assign, self.k, self.s.dtype) / max(1, assign.numel())
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(sb); sb /= torch.distributed.get_world_size()
-        return sb
+        return all_reduce_mean_(sb)
     @torch.no_grad()
     def update(self, assign):
         "s ← m·s + (1 − m)·mean(onehot(assign))."

@@ -342,7 +342,8 @@ class NumericGuard:
             if self.bad_loss_at is None: self.bad_loss_at = torch.full((2,), -1, dtype=torch.long, device=vals.device)
             self.bad_loss_vals, self.term_names = torch.full_like(vals, float('nan')), names
         first = ~vals[0].isfinite() & (self.bad_loss_at[0] < 0)
-        self.bad_loss_at = torch.where(first, torch.tensor([step, epoch], device=vals.device), self.bad_loss_at)
+        # Python scalars, not a new tensor: copying [step, epoch] to a GPU would wait for it
+        self.bad_loss_at = torch.stack([torch.where(first, step, self.bad_loss_at[0]), torch.where(first, epoch, self.bad_loss_at[1])])
         self.bad_loss_vals = torch.where(first, vals, self.bad_loss_vals)
     def after_backward(self, step):
         "Remember (without a host sync) the first step whose gradients are not all finite."
