@@ -23,7 +23,7 @@ whatever is running, and SIGTERM / SIGINT also write it first.
 """
 from __future__ import annotations
 
-import argparse, contextlib, copy, dataclasses, datetime, gc, io, json, math, os, platform, signal, subprocess, sys
+import argparse, contextlib, dataclasses, datetime, gc, io, json, math, os, platform, signal, subprocess, sys
 import tarfile, tempfile, threading, time, traceback, warnings
 from pathlib import Path
 
@@ -118,31 +118,21 @@ class UtilSampler:
     def for_device(cls, device):
         device = torch.device(device)
         if device.type != "cuda": return None, f"no CUDA device (device {device})"
-        idx = device.index if device.index is not None else torch.cuda.current_device()
-        uuid = str(getattr(torch.cuda.get_device_properties(idx), "uuid", "") or "")
-        try:
-            import pynvml
-            pynvml.nvmlInit()
-            try: h = pynvml.nvmlDeviceGetHandleByUUID(("GPU-" + uuid) if uuid and not uuid.startswith(("GPU-", "MIG-")) else uuid)
-            except Exception: h = pynvml.nvmlDeviceGetHandleByIndex(_visible_index(idx))
-            def read():
-                return float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu), pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20
+        try:     # torch's NVML helpers (need nvidia-ml-py); they map CUDA_VISIBLE_DEVICES to NVML's index
+            read = lambda: (float(torch.cuda.utilization(device)), torch.cuda.device_memory_used(device) / 2**20)
             read()
-            return cls(read, 0.1, "pynvml"), "pynvml"
+            return cls(read, 0.1, "pynvml (torch.cuda.utilization)"), "pynvml (torch.cuda.utilization)"
         except Exception as e:
             why = f"pynvml: {type(e).__name__}: {e}"
-        sel = ["--id=" + ("GPU-" + uuid if not uuid.startswith(("GPU-", "MIG-")) else uuid)] if uuid else []
+        uuid = str(getattr(torch.cuda.get_device_properties(device), "uuid", "") or "")
         cmd = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
-        def read(cmd=cmd + sel):
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=True).stdout.strip().splitlines()
-            u, m = out[0].split(",")
-            return float(u), float(m)
-        try:
-            read()
-        except Exception:
-            try: read(cmd); read = lambda: _smi_first(cmd)            # the UUID selector failed: the first GPU listed
-            except Exception as e: return None, f"{why}; nvidia-smi: {type(e).__name__}: {e}"
-        return cls(read, 0.25, "nvidia-smi"), "nvidia-smi"
+        for sel in ([f"--id={uuid if uuid.startswith(('GPU-', 'MIG-')) else 'GPU-' + uuid}"] if uuid else []) + [None]:
+            read = lambda c=cmd + ([sel] if sel else []): _smi(c)
+            try: read()
+            except Exception as e: why += f"; nvidia-smi {sel or ''}: {type(e).__name__}: {e}"; continue
+            src = "nvidia-smi" + ("" if sel else " (first GPU listed: the UUID did not select one)")
+            return cls(read, 0.25, src), src
+        return None, why
 
     def _run(self):
         while not self._stop.is_set():
@@ -167,12 +157,10 @@ class UtilSampler:
                     util_errors=self.errors)
 
 
-def _visible_index(i):
-    vis = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-    return int(vis[i]) if i < len(vis) and vis[i].strip().isdigit() else i
-
-def _smi_first(cmd):
-    u, m = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=True).stdout.strip().splitlines()[0].split(",")
+def _smi(cmd):
+    "(utilisation %, used MiB) of the first GPU `nvidia-smi` lists for `cmd`."
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=True).stdout.strip().splitlines()
+    u, m = out[0].split(",")
     return float(u), float(m)
 
 
@@ -354,17 +342,18 @@ def section_host_sync(a, rep, budget, device, ctx):
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
                 guard = NumericGuard(run.method, 0)
                 prog = Progress(step=0, epoch=0, steps_per_epoch=n // B, epochs=1)
-                def one(i, step_rec=None, batch_rec=None):
+                plain = contextlib.nullcontext
+                def one(i, batch_watch=plain, step_watch=plain):
                     idx = perm[(i * B) % (n - B + 1):][:B]
-                    with (sync_watch(batch_rec) if batch_rec is not None else contextlib.nullcontext()):
-                        batch = make_batch(run.data, idx, run.view_maker, gen, run.device)
-                    with (sync_watch(step_rec) if step_rec is not None else contextlib.nullcontext()):
-                        train_step(run.method, run.optimizer, batch, prog, tcfg, run.amp, guard=guard)
+                    with batch_watch(): batch = make_batch(run.data, idx, run.view_maker, gen, run.device)
+                    with step_watch(): train_step(run.method, run.optimizer, batch, prog, tcfg, run.amp, guard=guard)
                     prog.step += 1
                 for i in range(2): one(i)
                 if cuda: torch.cuda.synchronize(device)
                 step_rec, batch_rec = [], []
-                for i in range(2, 2 + a.sync_steps): one(i, step_rec if cuda else None, batch_rec if cuda else None)
+                for i in range(2, 2 + a.sync_steps):
+                    if cuda: one(i, lambda: sync_watch(batch_rec), lambda: sync_watch(step_rec))
+                    else: one(i)
                 if cuda: torch.cuda.synchronize(device)
                 guard.check(prog.step)
                 r = dict(steps=a.sync_steps, step_syncs=len(step_rec), batch_syncs=len(batch_rec))
@@ -373,14 +362,14 @@ def section_host_sync(a, rep, budget, device, ctx):
                     if step_rec:
                         r["step_first"], r["step_sites"] = step_rec[0], sorted({w for w, _ in step_rec})
                         try:
-                            with sync_watch([], "error"): one(2 + a.sync_steps)
+                            one(2 + a.sync_steps, plain, lambda: sync_watch([], "error"))
                             r["error_mode"] = "no error raised in 'error' mode"
                         except RuntimeError as e: r["error_mode"] = short_error(e)
                     if batch_rec: r["batch_first"], r["batch_sites"] = batch_rec[0], sorted({w for w, _ in batch_rec})
                 else: r["skipped"] = "no monitor on CPU"
                 rep.put(row, "result", r)
                 log(f"host_sync {m}: " + (f"step syncs {len(step_rec)}, batch syncs {len(batch_rec)}" if cuda else "ran (CPU, no monitor)"))
-                del run
+                run = guard = one = None   # free the model before the next one is built
             except Exception as e:
                 if cuda: torch.cuda.set_sync_debug_mode(0)
                 rep.put(row, "error", short_error(e)); log(f"host_sync {m}: {type(e).__name__}: {e}")
@@ -388,8 +377,9 @@ def section_host_sync(a, rep, budget, device, ctx):
     if cuda:
         res = [r.get("result", {}) for r in methods.values()]
         checked = [r for r in res if "step_pass" in r]
-        rep.put(sec, "status", "ok" if checked else "error")
-        rep.put(sec, "pass", bool(checked) and all(r["step_pass"] for r in checked) and len(checked) == len(a.methods))
+        rep.put(sec, "status", "error" if not checked else "ok" if len(checked) == len(a.methods) else "partial")
+        rep.put(sec, "methods_checked", len(checked))
+        rep.put(sec, "pass", bool(checked) and all(r["step_pass"] for r in checked))
 
 
 def _placed(data, device):
@@ -702,9 +692,10 @@ def table(res: dict) -> str:
         if hs.get("status") == "skipped": L.append(f"host sync in the step: skipped ({hs.get('reason', '')[:60]}...)")
         else:
             bad = {m: r.get("result", {}).get("step_first") for m, r in hs.get("methods", {}).items()
-                   if not r.get("result", {}).get("step_pass", False)}
+                   if r.get("result", {}).get("step_pass") is False}
             nb = sum(r.get("result", {}).get("batch_syncs", 0) for r in hs.get("methods", {}).values())
-            L.append(f"host sync in the step: {'PASS' if hs.get('pass') else 'FAIL'}" + (f" {bad}" if bad else "")
+            L.append(f"host sync in the step: {'PASS' if hs.get('pass') else 'FAIL'} ({hs.get('methods_checked', 0)} methods "
+                     f"checked)" + (f" {bad}" if bad else "")
                      + f"; make_batch syncs over all methods: {nb}")
     errs = [f"{s}" for s, v in S.items() if v.get("status") == "error"]
     if errs: L.append(f"sections with errors: {', '.join(errs)}")

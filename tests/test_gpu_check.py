@@ -61,7 +61,7 @@ def test_no_errors_and_every_item_accounted_for(dry):
     for m, row in rows.items():
         assert outcome(row) != 'error', (m, row)
         if outcome(row) == 'skipped': assert 'budget' in row['skipped']; continue
-        assert 'ours' in row and ('step', 'backbone', 'ratio') <= set(row['ours'])
+        assert 'ours' in row and {'step', 'backbone', 'ratio'} <= set(row['ours'])
         peer = row['peer']
         assert outcome(peer) != 'error', (m, peer)
         if m not in PEER_METHODS: assert 'no lightly peer' in peer['skipped']
@@ -134,3 +134,20 @@ def test_bad_arguments_are_refused():
     assert p.returncode != 0 and "section='warp' is not allowed" in p.stderr
     p = run('--dry-run', '--methods', 'nnclr,byol', timeout=120)
     assert p.returncode != 0 and "method='byol' is not allowed" in p.stderr
+
+def test_table_of_a_cuda_shaped_result(dry):
+    "The table of a GPU run's JSON (its CUDA-only fields put into the dry run's) shows memory, utilisation and the sync check."
+    res = json.loads(json.dumps(dry[0]))
+    S = res['sections']
+    res['env']['device_name'], res['dry_run'] = 'NVIDIA H200', False
+    S['gpu']['per_method']['nnclr'] = dict(max_allocated_gib=1.5, max_reserved_gib=2.0, util_mean_pct=80.0)
+    S['epoch']['methods']['dino']['resident'].update(util_mean_pct=91.0, partial=True)
+    S['host_sync'] = dict(status='ok', methods_checked=2, **{'pass': False}, methods=dict(
+        nnclr=dict(result=dict(step_pass=True, step_syncs=0, batch_syncs=3)),
+        dino=dict(result=dict(step_pass=False, step_syncs=1, batch_syncs=3, step_first=['x/dino.py:12', 'called a synchronizing CUDA operation']))))
+    t = _module().table(res)
+    assert 'NVIDIA H200' in t and 'DRY RUN' not in t
+    assert '| nnclr | ' in t and '| 1.50 |' in t
+    dino = next(l for l in t.splitlines() if l.startswith('| dino |') and '*' in l)
+    assert '| 91 |' in dino
+    assert 'host sync in the step: FAIL (2 methods checked)' in t and 'x/dino.py:12' in t and 'make_batch syncs over all methods: 6' in t
