@@ -204,13 +204,14 @@ def epoch_data(a, cache):
         what = f"folder dataset {a.data} ({data.n_train} train images)"
     else:
         data = cache.setdefault("base", load_base())
-        what = f"embedded cifar10_5k ({data.n_train} train images) tiled"
+        what = f"embedded cifar10_5k ({data.n_train} train images)"
     n = a.epoch_images
     if data.streamed: raise RuntimeError(f"{a.data} is too large to hold in memory here; pass a smaller dataset")
     if n != data.n_train:   # tiled (whole copies, then the first images), or evenly spaced ones (every class)
-        idx = torch.arange(n) % data.n_train if n > data.n_train else torch.linspace(0, data.n_train - 1, n).round().long()
+        tiled = n > data.n_train
+        idx = torch.arange(n) % data.n_train if tiled else torch.linspace(0, data.n_train - 1, n).round().long()
         data = dataclasses.replace(data, name=f"{data.name}x{n}", train_x=data.train_x[idx], train_y=data.train_y[idx])
-        what += f" to {n:,} images" if n > data.n_train else f", {n:,} evenly spaced images"
+        what += f" tiled to {n:,} images" if tiled else f", {n:,} evenly spaced images"
     return data, what, time.perf_counter() - t
 
 
@@ -409,7 +410,7 @@ def section_decode(a, rep, budget, device, ctx):
     sets = {"source": (files, f"{len(files)} JPEGs from {src}" + (" (the embedded CIFAR-10 subset, 32×32 as stored)"
                                                                    if src == str(embedded_path()) else ""))}
     base = ctx.setdefault("base", load_base())
-    k = min(len(base.train_x), max(8, a.decode_images // 4))
+    k = min(len(base.train_x), max(8, a.decode_images // 8))
     big = torch.nn.functional.interpolate(base.train_x[:k].float(), size=224, mode="bilinear", antialias=False).round().clamp(0, 255).to(torch.uint8)
     sets["encoded_224"] = ([encode_jpeg(im, quality=90) for im in big],
                            f"{k} embedded images upscaled to 224×224, encoded to JPEG (quality 90) in memory")
@@ -792,10 +793,13 @@ def main(argv=None):
     rep.write()
 
     def abort(why, code):
-        try:
-            with rep.lock: rep.data["aborted"] = why; rep.data["table_md"] = table(clean(rep.data))
-            rep.write(); print(rep.data["table_md"], flush=True)
-        except Exception as e: print(f"gpu_check: could not write {rep.path}: {e}", file=sys.stderr)
+        for attempt in range(3):   # the main thread may be adding to the dicts (a retry sees them settled)
+            try:
+                with rep.lock: rep.data["aborted"] = why; rep.data["table_md"] = table(clean(rep.data))
+                rep.write(); print(rep.data["table_md"], flush=True); break
+            except Exception as e:
+                print(f"gpu_check: could not write {rep.path} ({e}); the last item's version stays", file=sys.stderr)
+                time.sleep(0.5)
         os._exit(code)
     watchdog = threading.Timer(a.hard_limit, abort, (f"hard limit of {a.hard_limit:g} s reached", 3))
     watchdog.daemon = True; watchdog.start()
