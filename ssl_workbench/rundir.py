@@ -9,14 +9,40 @@ from pathlib import Path
 import torch
 from .core import ConfigError
 from .guard import DivergenceError, first_nonfinite
+from .evaluate import method_features
 
 # %% auto #0
-__all__ = ['CHECKPOINT_KEYS', 'RUN_FILES', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'check_writable',
+__all__ = ['CHECKPOINT_KEYS', 'RUN_FILES', 'CheckpointError', 'Run', 'save_checkpoint', 'load_checkpoint', 'check_writable',
            'check_run_dir', 'claim_run_dir', 'release_run_dir']
 
 # %% ../nbs/06b_rundir.ipynb #89be8dfe
 class CheckpointError(RuntimeError):
     "A checkpoint cannot be written, read or verified; the message names the file."
+
+# %% ../nbs/06b_rundir.ipynb #ffe3870e
+class Run:
+    "A training run: its directory, method, history of metric records and status."
+    def __init__(self, run_dir, method, method_name, config, data, view_maker):
+        self.run_dir, self.method, self.method_name, self.config = Path(run_dir), method, method_name, config
+        self.data, self.view_maker, self.history, self.status, self._stop = data, view_maker, [], 'running', False
+        self._stop_signal = None
+    def request_stop(self): self._stop = True
+    @property
+    def steps(self): return [r for r in self.history if r['kind'] == 'step']
+    @property
+    def epochs(self): return [r for r in self.history if r['kind'] == 'epoch']
+    def last(self, key):
+        "The most recent value logged for `key` (or None)."
+        return next((r[key] for r in reversed(self.history) if key in r), None)
+    def features(self, split='train', n=None):
+        "Backbone features of the (first `n`) un-augmented `split` images, method in eval mode, and their labels."
+        x, y = (self.data.train_x, self.data.train_y) if split == 'train' else (self.data.test_x, self.data.test_y)
+        return method_features(self.method, x[:n], self.view_maker.normalize), y[:n]
+    def linear_probe(self, **kw):
+        "Top-1 accuracy (%) of a logistic-regression probe on frozen backbone features (train → test)."
+        from ssl_workbench.metrics import linear_probe
+        return linear_probe(*self.features('train'), *self.features('test'), **kw)
+    def __repr__(self): return f"Run({self.method_name}, {self.status}, epochs={len(self.epochs) - 1}, dir={self.run_dir})"
 
 # %% ../nbs/06b_rundir.ipynb #c5d5e6b7
 CHECKPOINT_KEYS = ('method', 'optimizer', 'epoch', 'iter', 'step', 'partial', 'rng_cpu', 'rng_aug', 'history_json',

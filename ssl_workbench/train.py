@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from tqdm.std import tqdm
+try: from fastcore.imports import IN_NOTEBOOK
+except ImportError: IN_NOTEBOOK = False
 from .core import (Config, ConfigError, Progress, check_choice, check_range, check_type, check_types, get_device,
                                 seed_everything, get_method_class, method_ref)
 from .data import load_dataset, place, check_image_data, DATASETS, ImageData, memory_budget_bytes
@@ -20,12 +22,12 @@ from .comm import (world_size, is_main, sync_batchnorm_, mean_over_ranks, on_mai
                                 restore_rank_rng)
 from .distributed import rank_slice, DDPMethod, check_world_size
 from .guard import DivergenceError, NonFiniteLossError, NumericGuard, Interrupts, first_nonfinite
-from .rundir import (CheckpointError, save_checkpoint, load_checkpoint, check_writable, check_run_dir,
+from .rundir import (Run, CheckpointError, save_checkpoint, load_checkpoint, check_writable, check_run_dir,
                                   claim_run_dir, release_run_dir)
 from .evaluate import method_features, evaluate, distributed_evaluate
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'PRECISIONS', 'RESUME_KEYS', 'TrainConfig', 'resolve_configs', 'build_optimizer', 'set_schedule', 'Run',
+__all__ = ['OPTIMIZERS', 'PRECISIONS', 'RESUME_KEYS', 'TrainConfig', 'resolve_configs', 'build_optimizer', 'set_schedule',
            'resolve_run', 'compile_backbones_', 'build_model', 'build_run', 'make_batch', 'train_step', 'train']
 
 # %% ../nbs/06_train.ipynb #d81ed65f
@@ -116,30 +118,6 @@ def set_schedule(opt, cfg, progress):
         g['weight_decay'] = g['base_wd'] * (1 + (m0 - 1) * (1 + math.cos(math.pi * progress.frac)) / 2)
 
 # %% ../nbs/06_train.ipynb #7254c02d
-class Run:
-    "A training run: its directory, method, history of metric records and status."
-    def __init__(self, run_dir, method, method_name, config, data, view_maker):
-        self.run_dir, self.method, self.method_name, self.config = Path(run_dir), method, method_name, config
-        self.data, self.view_maker, self.history, self.status, self._stop = data, view_maker, [], 'running', False
-        self._stop_signal = None
-    def request_stop(self): self._stop = True
-    @property
-    def steps(self): return [r for r in self.history if r['kind'] == 'step']
-    @property
-    def epochs(self): return [r for r in self.history if r['kind'] == 'epoch']
-    def last(self, key):
-        "The most recent value logged for `key` (or None)."
-        return next((r[key] for r in reversed(self.history) if key in r), None)
-    def features(self, split='train', n=None):
-        "Backbone features of the (first `n`) un-augmented `split` images, method in eval mode, and their labels."
-        x, y = (self.data.train_x, self.data.train_y) if split == 'train' else (self.data.test_x, self.data.test_y)
-        return method_features(self.method, x[:n], self.view_maker.normalize), y[:n]
-    def linear_probe(self, **kw):
-        "Top-1 accuracy (%) of a logistic-regression probe on frozen backbone features (train → test)."
-        from ssl_workbench.metrics import linear_probe
-        return linear_probe(*self.features('train'), *self.features('test'), **kw)
-    def __repr__(self): return f"Run({self.method_name}, {self.status}, epochs={len(self.epochs) - 1}, dir={self.run_dir})"
-
 def _call(callbacks, name, *args):
     for cb in callbacks:
         f = getattr(cb, name, None)
@@ -412,3 +390,8 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
         raise OSError(f"training finished (checkpoint {ck_file}) but writing backbone.pt / report.html in {run_dir} failed: {e}") from e
     _call(callbacks, 'on_train_end', run)
     return run
+
+# %% ../nbs/06_train.ipynb #c2ff670a
+if __name__ == '__main__' and not IN_NOTEBOOK:      # `python -m ssl_workbench.train` is not a command
+    raise SystemExit("ssl_workbench.train is a module, not a command: train with `ssl-workbench train method=... epochs=...` "
+                     "or `python -m ssl_workbench train ...` (torchrun: `torchrun ... -m ssl_workbench train ...`)")
