@@ -392,6 +392,7 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
     return run
 
 # %% ../nbs/06_train.ipynb #c2ff670a
+#| eval: false
 if __name__ == '__main__' and not IN_NOTEBOOK:      # `python -m ssl_workbench.train` is not a command
     raise SystemExit("ssl_workbench.train is a module, not a command: train with `ssl-workbench train method=... epochs=...` "
                      "or `python -m ssl_workbench train ...` (torchrun: `torchrun ... -m ssl_workbench train ...`)")
