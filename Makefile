@@ -1,4 +1,5 @@
-# Two entry points (see README): `make experiment` and `make test`. Both create .venv and install everything first.
+# Two entry points (see README): `make experiment` and `make test`. Both create .venv and install the workbench and its
+# test tools first (no lightly: `make peer` adds the benchmark peer).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,16 +8,20 @@ ARGS ?=
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export PYTHONHASHSEED := 0
 
-.PHONY: install experiment test browser
+.PHONY: install peer experiment test browser
 
 $(VENV)/.installed: settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install -e ".[dev,bench]"
+	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
+
+# The lightly peer of `ssl-workbench bench peer` (lightly and, with it, pytorch_lightning, hydra, omegaconf, torchmetrics)
+peer: install
+	$(BIN)/python -m pip install -e ".[bench]"
 
 experiment: install
 	mkdir -p runs

@@ -8,6 +8,7 @@ cfg = config['DEFAULT']
 requirements = cfg.get('requirements','').split()
 dev_requirements = cfg.get('dev_requirements','').split()
 bench_requirements = cfg.get('bench_requirements','').split()
+console_scripts = cfg.get('console_scripts','').split()
 
 setuptools.setup(
     name = cfg['lib_name'],
@@ -21,5 +22,6 @@ setuptools.setup(
     extras_require = {'dev': dev_requirements, 'bench': bench_requirements},
     python_requires = '>=' + cfg['min_python'],
     zip_safe = False,
-    entry_points = {'nbdev': [f'{cfg["lib_path"]}={cfg["lib_path"]}._modidx:d']},
+    entry_points = {'nbdev': [f'{cfg["lib_path"]}={cfg["lib_path"]}._modidx:d'],
+                    'console_scripts': console_scripts},
 )

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .core import ConfigError, l2n
-from .distributed import all_gather_cat, gather_with_grad, rank, world_size, all_reduce_mean_
+from .comm import all_gather_cat, gather_with_grad, rank, world_size, all_reduce_mean_
 
 # %% auto #0
 __all__ = ['mlp', 'make_teacher', 'ema_update_', 'cosine_momentum', 'Queue', 'embedding_std', 'nn_stats', 'CosinePrototypes',

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #60066a8b
 from __future__ import annotations
-import dataclasses, importlib, random
+import dataclasses, importlib, math, numbers, random, types, typing
 from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
@@ -12,9 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['METHOD_NAMES', 'METHOD_MODULES', 'DEVICES', 'ConfigError', 'check_choice', 'check_range', 'Config', 'StepOutput',
-           'Progress', 'l2n', 'Method', 'split_decay', 'method_ref', 'get_method_class', 'get_device',
-           'seed_everything']
+__all__ = ['METHOD_NAMES', 'METHOD_MODULES', 'DEVICES', 'ConfigError', 'check_choice', 'check_range', 'Config', 'check_type',
+           'check_types', 'StepOutput', 'Progress', 'l2n', 'Method', 'split_decay', 'method_ref', 'get_method_class',
+           'get_device', 'seed_everything', 'device_sync', 'timer']
 
 # %% ../nbs/00_core.ipynb #34b2af6a
 class ConfigError(ValueError):
@@ -46,6 +46,41 @@ class Config:
         if unknown: raise ConfigError(f"unknown {cls.__name__} key(s) {unknown}; allowed keys: {cls.keys()}")
         return cls(**d)
     def to_dict(self): return dataclasses.asdict(self)
+
+# %% ../nbs/00_core.ipynb #68bee59e
+_KINDS = {int: 'an integer', float: 'a finite number', bool: 'True or False', str: 'a string'}
+
+def _field_kinds(cls):
+    "{field: (type, optional)} for the int / float / bool / str fields of config dataclass `cls` (others unchecked)."
+    try: hints = typing.get_type_hints(cls)
+    except Exception: return {}
+    out = {}
+    for f in fields(cls):
+        t = hints.get(f.name)
+        args = typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) else (t,)
+        base = [a for a in args if a is not type(None)]
+        if len(base) == 1 and base[0] in _KINDS: out[f.name] = (base[0], type(None) in args)
+    return out
+
+def check_type(name, value, kind, optional=False):
+    "`value` as a plain Python `kind` (int, float, bool or str), or `ConfigError` naming `name` and what is allowed."
+    if value is None and optional: return None
+    is_bool = isinstance(value, (bool, np.bool_))
+    ok = {bool: is_bool, str: isinstance(value, str), int: isinstance(value, numbers.Integral) and not is_bool,
+          float: isinstance(value, numbers.Real) and not is_bool}[kind]
+    if not ok:
+        hint = ''
+        if isinstance(value, str) and kind in (int, float):
+            try: hint = f"; write {name}={kind(value)!r} (a number, without quotes)"
+            except ValueError: pass
+        raise ConfigError(f"{name}={value!r} is {type(value).__name__}, not {_KINDS[kind]}{' (or None)' if optional else ''}{hint}")
+    if kind is float and not math.isfinite(value): raise ConfigError(f"{name}={value!r} is not allowed: {name} must be {_KINDS[float]}")
+    return value.item() if isinstance(value, np.generic) else value
+
+def check_types(cls, values: dict) -> dict:
+    "`values` (keys of config dataclass `cls`) with every int / float / bool / str value type-checked and made plain."
+    kinds = _field_kinds(cls)
+    return {k: check_type(k, v, *kinds[k]) if k in kinds else v for k, v in values.items()}
 
 # %% ../nbs/00_core.ipynb #326d7bdb
 @dataclass
@@ -160,3 +195,15 @@ def get_device(name='auto'):
 def seed_everything(seed):
     "Seed Python, NumPy and torch."
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+
+def device_sync(device):
+    "Wait for the work queued on `device` (CUDA); nothing on the CPU."
+    if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
+
+def timer(clock='wall', device='cpu'):
+    "A clock for benchmarks: wall seconds, or (`'cpu'`, CPU device only) the process's CPU seconds."
+    import time
+    check_choice('clock', clock, ('wall', 'cpu'))
+    if clock == 'cpu' and torch.device(device).type != 'cpu':
+        raise ConfigError(f"clock='cpu' times host CPU seconds; on {device} use clock='wall'")
+    return time.perf_counter if clock == 'wall' else time.process_time

@@ -4,20 +4,21 @@
 
 # %% ../nbs/01_data.ipynb #12f9f7ca
 from __future__ import annotations
-import copy, hashlib, io, json, os, re, tarfile, warnings, zipfile, zlib
-from concurrent.futures import ThreadPoolExecutor
+import hashlib, json, os, tarfile, warnings, zipfile, zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import ssl_workbench
+from .folders import (IMAGE_EXTENSIONS, _LAYOUT, _square, _scan_dir, _check_tree, _load_folder, _folder_lists,
+                                   _image_size_of)
+from .stream import DiskImages, available_memory, memory_budget_bytes
 
 # %% auto #0
-__all__ = ['DATASETS', 'EMBEDDED', 'IMAGE_EXTENSIONS', 'ImageData', 'check_image_data', 'default_root', 'embedded_path',
-           'shared_cifar_path', 'available_memory', 'memory_budget_bytes', 'DiskImages', 'load_dataset', 'place']
+__all__ = ['DATASETS', 'EMBEDDED', 'ImageData', 'check_image_data', 'default_root', 'embedded_path', 'shared_cifar_path',
+           'load_dataset', 'place']
 
 # %% ../nbs/01_data.ipynb #b83fce95
 DATASETS = ("cifar10_5k", "digits", "cifar10", "cifar100", "stl10", "folder", "npz")
@@ -156,17 +157,6 @@ def _stratified_split(y, seed=0, test_size=0.2):
     tr, te = train_test_split(np.arange(len(y)), test_size=test_size, stratify=np.asarray(y), random_state=seed)
     return np.sort(tr), np.sort(te)
 
-def _square(x, size):
-    "Resize uint8 N×C×H×W so the shorter side is `size`, then centre-crop to size×size."
-    h, w = x.shape[-2:]
-    if size is None or (h == w == size): return x
-    s = size / min(h, w)
-    nh, nw = max(size, round(h * s)), max(size, round(w * s))
-    out = torch.cat([F.interpolate(c.float(), (nh, nw), mode="bilinear", align_corners=False, antialias=s < 1)
-                     for c in x.split(4096)]) if len(x) else x.float().new_zeros(0, x.shape[1], nh, nw)
-    t, l = (nh - size) // 2, (nw - size) // 2
-    return out[..., t:t + size, l:l + size].round().clamp(0, 255).to(torch.uint8)
-
 # %% ../nbs/01_data.ipynb #9a72b87c
 def _load_digits(image_size=None, seed=0):
     from sklearn.datasets import load_digits
@@ -176,143 +166,6 @@ def _load_digits(image_size=None, seed=0):
     y = torch.from_numpy(d.target).long()
     tr, te = _stratified_split(d.target, seed)
     return x[tr], y[tr], x[te], y[te], [str(c) for c in d.target_names]
-
-# %% ../nbs/01_data.ipynb #2228a6b9
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-_SPLITS = ("train", "test", "val")
-_LAYOUT = "train/<class>/<images> and test/<class>/<images> (or val/<class>/...), as a directory or a .tar/.tar.gz/.tgz"
-
-def _is_image(name): return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")  # not ._x.jpg (macOS)
-
-def _hidden(name): return name.startswith(".") or name == "__MACOSX"  # .ipynb_checkpoints, .DS_Store, macOS archives
-
-def _keep_first(items, n):
-    "Sort (name, data) pairs by name and keep the first n (all if n is None)."
-    items.sort(key=lambda t: t[0])
-    return items if n is None else items[:n]
-
-def _scan_dir(path, per_split):
-    "{split: {class: [(name, file path)]}} for a directory tree."
-    out = {}
-    for split in _SPLITS:
-        d = path / split
-        if not d.is_dir(): continue
-        out[split] = {c.name: _keep_first([(f.name, f) for f in c.iterdir() if f.is_file() and _is_image(f.name)],
-                                          per_split.get(split))
-                      for c in d.iterdir() if c.is_dir() and not _hidden(c.name)}
-    return out
-
-def _scan_tar(path, per_split):
-    "{split: {class: [(name, bytes)]}} from one pass over a tar archive."
-    out = {}
-    try:
-        with tarfile.open(path, "r:*") as tf:
-            for m in tf:
-                parts = m.name.rstrip("/").split("/")
-                if any(_hidden(p) for p in parts if p != "."): continue
-                if m.isdir() and len(parts) >= 2 and parts[-2] in _SPLITS:  # a class folder, maybe empty
-                    out.setdefault(parts[-2], {}).setdefault(parts[-1], [])
-                if len(parts) < 3 or parts[-3] not in _SPLITS or not (m.isfile() and _is_image(parts[-1])): continue
-                split, cls, fname = parts[-3:]
-                items = out.setdefault(split, {}).setdefault(cls, [])
-                items.append((fname, tf.extractfile(m).read()))
-                n = per_split.get(split)
-                if n is not None and len(items) > 2 * n + 64: items[:] = _keep_first(items, n)
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise ValueError(f"the archive {path} is damaged or cut short ({type(e).__name__}: {e or 'unexpected end of data'}); "
-                         f"download or create it again") from None
-    for split, d in out.items():
-        for c in d: d[c] = _keep_first(d[c], per_split.get(split))
-    return out
-
-# %% ../nbs/01_data.ipynb #3e199737
-def _to_rgb8(im):
-    "A PIL image in any mode and bit depth as an 8-bit RGB image (EXIF orientation applied, transparency on white)."
-    from PIL import Image, ImageOps
-    im = ImageOps.exif_transpose(im)
-    if im.mode.startswith("I") or im.mode == "F":
-        a = np.asarray(im).astype(np.float64)
-        scale = (257.0 if im.mode.startswith("I;16") or (im.mode == "I" and a.max(initial=0) > 255) else
-                 1 / 255 if im.mode == "F" and a.size and a.min() >= 0 and a.max() <= 1 else 1.0)
-        im = Image.fromarray(np.clip(np.round(a / scale), 0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info):
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(bg, im)
-    return im.convert("RGB")
-
-def _decode_image(data, image_size=None):
-    "Decode image bytes (or a path) to an H×W×3 uint8 array, optionally resized+centre-cropped to a square."
-    from PIL import Image
-    with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as im:
-        return np.asarray(_pil_square(_to_rgb8(im), image_size))
-
-def _pil_square(im, image_size):
-    "A PIL image resized (shorter side to `image_size`, bilinear with PIL's antialiasing) and centre-cropped to a square."
-    from PIL import Image
-    if image_size is None or im.size == (image_size, image_size): return im
-    w, h = im.size
-    s = image_size / min(w, h)
-    nw, nh = max(image_size, round(w * s)), max(image_size, round(h * s))
-    im = im.resize((nw, nh), Image.BILINEAR)
-    l, t = (nw - image_size) // 2, (nh - image_size) // 2
-    return im.crop((l, t, l + image_size, t + image_size))
-
-def _decode_split(classes, files, image_size, where, source=""):
-    "Decode {class: [(name, data)]} into (uint8 N×3×H×W, int64 N); a file that fails is named with `source`."
-    arrs, ys, names = [], [], []
-    for i, c in enumerate(classes):
-        for fname, data in files[c]:
-            try: arrs.append(_decode_image(data, image_size))
-            except Exception as e:
-                raise ValueError(f"cannot decode the image {where}/{c}/{fname} in {source} ({type(e).__name__}: {e}); "
-                                 f"the file is damaged or not an image: replace or remove it") from None
-            ys.append(i); names.append(f"{where}/{c}/{fname}")
-    if not arrs: raise ValueError(f"no images found under {where}/ (expected {_LAYOUT})")
-    shapes = {a.shape for a in arrs}
-    if len(shapes) > 1:
-        (h1, w1, _), (h2, w2, _) = arrs[0].shape, next(a.shape for a in arrs if a.shape != arrs[0].shape)
-        n1, n2 = names[0], next(n for a, n in zip(arrs, names) if a.shape != arrs[0].shape)
-        raise ValueError(f"images have different sizes ({w1}×{h1} {n1}, {w2}×{h2} {n2}); pass "
-                         f"image_size=... to resize the shorter side and centre-crop every image to a square")
-    h, w, _ = arrs[0].shape
-    if h != w: raise ValueError(f"images are {w}×{h}, not square; pass image_size=... to resize and centre-crop them")
-    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor(ys, dtype=torch.long)
-
-def _check_tree(tree, path):
-    "(sorted class names, name of the test split) of a scanned folder tree, or an error that says what is wrong with the layout."
-    if "train" not in tree: raise FileNotFoundError(f"no train/ folder in {path}; expected {_LAYOUT}")
-    test_split = "test" if "test" in tree else "val" if "val" in tree else None
-    if test_split is None: raise FileNotFoundError(f"no test/ or val/ folder in {path}; expected {_LAYOUT}")
-    classes = sorted(tree["train"])
-    if len(classes) < 2:
-        raise ValueError(f"train/ in {path} has {len(classes)} class folder(s) {classes}; expected {_LAYOUT} with two classes "
-                         f"or more (labels only feed the kNN monitor): are the images one folder level too high or too deep?")
-    if sorted(tree[test_split]) != classes:
-        a, b = set(classes), set(tree[test_split])
-        raise ValueError(f"{test_split}/ and train/ in {path} have different classes: only in train: "
-                         f"{sorted(a - b)}, only in {test_split}: {sorted(b - a)}" +
-                         (f". {test_split}/ holds images directly, not in class folders: sort them into "
-                          f"{test_split}/<class>/ first (ImageNet's validation images come flat; the usual valprep.sh "
-                          f"script moves them into class folders)" if _flat_images(path, test_split) else ""))
-    return classes, test_split
-
-def _flat_images(path, split):
-    "Whether directory `path/split` holds image files directly (e.g. ImageNet's unsorted val/)."
-    d = path / split
-    return d.is_dir() and any(f.is_file() and _is_image(f.name) for f in d.iterdir())
-
-def _load_folder(path, train_per_class=None, test_per_class=None, image_size=None):
-    per = dict(train=train_per_class, test=test_per_class, val=test_per_class)
-    tree = _scan_tar(path, per) if path.is_file() else _scan_dir(path, per)
-    classes, test_split = _check_tree(tree, path)
-    train_x, train_y = _decode_split(classes, tree["train"], image_size, "train", path)
-    test_x, test_y = _decode_split(classes, tree[test_split], image_size, test_split, path)
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise ValueError(f"train images are {tuple(train_x.shape[1:])} but {test_split} images are "
-                         f"{tuple(test_x.shape[1:])}; pass image_size=... to bring both to one size")
-    return train_x, train_y, test_x, test_y, classes
 
 # %% ../nbs/01_data.ipynb #61299c23
 def _to_nchw_uint8(x, what="x"):
@@ -439,190 +292,8 @@ def _load_cache(f):
                      tuple(d["mean"].tolist()), tuple(d["std"].tolist()))
     except Exception: return None
 
-# %% ../nbs/01_data.ipynb #af096edb
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-
-def available_memory() -> int:
-    "Bytes of host memory available now: psutil when installed, else `os.sysconf` (Linux), else 8 GB."
-    try:
-        import psutil
-        return int(psutil.virtual_memory().available)
-    except ImportError: pass
-    try: return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError): return 8 * 10**9
-
-def memory_budget_bytes(budget=None) -> int:
-    "`budget` in bytes: a number ≥ 0, a string such as '8GB', '512 MiB', '1.5e9', or None for half the available host memory."
-    if budget is None: return available_memory() // 2
-    if isinstance(budget, (int, float, np.integer, np.floating)) and not isinstance(budget, bool) and 0 <= budget < float("inf"):
-        return int(budget)
-    if isinstance(budget, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?(?:e\d+)?|\.\d+)\s*([kmgt]i?)?b?\s*", budget.lower())
-        if m: return int(float(m[1]) * _UNITS[m[2] or ""])
-    raise ValueError(f"memory_budget={budget!r} is not allowed; give a number of bytes (≥ 0), a string like '8GB', '512MiB', "
-                     f"'1.5TB' (units B, KB, MB, GB, TB = powers of 1000; KiB, MiB, GiB, TiB = powers of 1024), or None "
-                     f"for half the available memory")
-
-# %% ../nbs/01_data.ipynb #b3076e96
-def _read_file(path) -> torch.Tensor:
-    "The bytes of file `path` as a 1-D uint8 tensor."
-    return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-
-class DiskImages:
-    """Image files on disk that index like a uint8 N×3×S×S tensor: `x[idx]` reads the files with worker threads, decodes
-    them (JPEG in one batched `torchvision.io.decode_jpeg` call, on the GPU when `device` is CUDA; other formats with
-    PIL), brings every image to S×S as the resident path does, and returns the uint8 batch on `device`."""
-    dtype, ndim = torch.uint8, 4
-
-    def __init__(self, files, image_size, resize=True, device="cpu", root="", workers=None, prefetch_depth=3):
-        self.files, self.image_size, self.resize = [str(f) for f in files], int(image_size), resize
-        self.device, self.root = torch.device(device), str(root)
-        self.workers, self.prefetch_depth = workers or min(16, os.cpu_count() or 1), prefetch_depth
-        self._io = self._ahead = None           # thread pools, made on first use
-        self._queue, self._plan = [], iter(())  # [(indices, future)] read ahead; batches announced by `prefetch`
-        self.served = dict(ahead=0, direct=0)   # batches served from the read-ahead queue / read on demand
-
-    @property
-    def shape(self): return torch.Size((len(self.files), 3, self.image_size, self.image_size))
-    def __len__(self): return len(self.files)
-    @property
-    def nbytes(self) -> int: return len(self.files) * 3 * self.image_size ** 2  # the decoded size, were it resident
-    def __repr__(self): return f"DiskImages({len(self)}×3×{self.image_size}×{self.image_size} from {self.root}, {self.device})"
-
-    def to(self, device, non_blocking=False) -> "DiskImages":
-        "The same files, with batches decoded onto `device` (nothing is read now)."
-        if torch.device(device) == self.device: return self
-        new = copy.copy(self); new.device, new._queue, new._plan, new.served = torch.device(device), [], iter(()), dict(ahead=0, direct=0)
-        return new
-    def cpu(self): return self.to("cpu")
-    def __getstate__(self): return {**self.__dict__, "_io": None, "_ahead": None, "_queue": [], "_plan": iter(())}
-
-    def name(self, i) -> str: return os.path.relpath(self.files[i], self.root) if self.root else self.files[i]
-
-    def __getitem__(self, key):
-        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-            return self[torch.tensor([int(key)])][0]
-        if isinstance(key, slice):  # sequential walks (feature extraction) read the next slice ahead
-            idx = torch.arange(len(self))[key]
-            out = self._take(idx)
-            if key.step in (None, 1) and len(idx) and int(idx[-1]) + 1 < len(self):
-                nxt = torch.arange(int(idx[-1]) + 1, min(len(self), int(idx[-1]) + 1 + len(idx)))
-                self._queue.append((nxt, self._submit(nxt)))
-                if len(self._queue) > 2 * self.prefetch_depth: self._queue.pop(0)[1].cancel()
-            return out
-        if isinstance(key, tuple) or key is None or key is Ellipsis:
-            raise TypeError(f"DiskImages is indexed by image: an int, a slice or a tensor of indices (got {key!r}); "
-                            f"index the returned uint8 batch for channels or pixels")
-        idx = torch.as_tensor(key)
-        if idx.dtype == torch.bool: idx = idx.nonzero().squeeze(1)
-        if idx.is_floating_point() or idx.is_complex(): raise IndexError(f"indices must be integers, got {idx.dtype}")
-        flat = idx.reshape(-1).cpu().long()    # the file list lives on the host
-        flat = torch.where(flat < 0, flat + len(self), flat)
-        if len(flat) and (flat.min() < 0 or flat.max() >= len(self)):
-            raise IndexError(f"index {int(flat.max() if flat.max() >= len(self) else flat.min())} is out of range for {len(self)} images")
-        return self._take(flat).reshape(*idx.shape, *self.shape[1:])
-
-    def prefetch(self, batches):
-        """Announce the index batches that will be asked for next, in order (e.g. an epoch's permutation in batch-size
-        rows): the first `prefetch_depth` start reading at once, each later one when an earlier one is taken."""
-        self._queue, self._plan = [], iter([torch.as_tensor(b).reshape(-1).cpu().long() for b in batches])
-        self._refill()
-
-    def _refill(self):
-        while len(self._queue) < self.prefetch_depth and (b := next(self._plan, None)) is not None:
-            self._queue.append((b, self._submit(b)))
-
-    def _pools(self):
-        if self._io is None:
-            self._io = ThreadPoolExecutor(self.workers, thread_name_prefix="DiskImages-io")
-            self._ahead = ThreadPoolExecutor(1, thread_name_prefix="DiskImages-ahead")
-        return self._io, self._ahead
-
-    def _submit(self, idx):
-        "A future for batch `idx`: the decoded batch on the CPU, or (CUDA: decoded later on the device) the file bytes."
-        return self._pools()[1].submit(self._read_all if self.device.type == "cuda" else self._load_cpu, idx)
-
-    def _take(self, idx):
-        "Batch `idx`, from the read-ahead queue when it is there (stale entries before it are dropped)."
-        hit = next((k for k, (b, _) in enumerate(self._queue) if b.shape == idx.shape and torch.equal(b, idx)), None)
-        if hit is not None:
-            fut = self._queue[hit][1]; del self._queue[:hit + 1]
-            self._refill()
-            got = fut.result(); self.served['ahead'] += 1
-        else:
-            got = self._read_all(idx) if self.device.type == "cuda" else self._load_cpu(idx); self.served['direct'] += 1
-        if self.device.type == "cuda": got = self._decode(idx, got, self.device)
-        return got.to(self.device, non_blocking=True)
-
-    def _read(self, i):
-        try: return _read_file(self.files[i])
-        except OSError as e:
-            raise FileNotFoundError(f"cannot read the image {self.name(i)} in {self.root} ({type(e).__name__}: {e}); the folder "
-                                    f"changed after it was listed: load the dataset again") from None
-
-    def _read_all(self, idx): return list(self._pools()[0].map(self._read, idx.tolist()))
-
-    def _load_cpu(self, idx):
-        "Read and decode batch `idx` on the CPU, in `workers` chunks that run in parallel (file reads and decoding release the GIL)."
-        if len(idx) == 0: return torch.zeros(0, *self.shape[1:], dtype=torch.uint8)
-        chunks = idx.tensor_split(min(self.workers, len(idx)))
-        return torch.cat(list(self._pools()[0].map(lambda c: self._decode(c, [self._read(i) for i in c.tolist()], "cpu"), chunks)))
-
-    def _decode(self, idx, datas, device):
-        "uint8 n×3×S×S on `device` from the file bytes `datas` of images `idx`."
-        from torchvision.io import decode_jpeg
-        S, device, out = self.image_size, torch.device(device), [None] * len(datas)
-        jpeg = [k for k, d in enumerate(datas) if len(d) > 3 and d[:3].tolist() == [0xFF, 0xD8, 0xFF]]
-        if jpeg:
-            try: dec = decode_jpeg([datas[k] for k in jpeg], device=device, apply_exif_orientation=device.type == "cpu")
-            except RuntimeError: dec = [None] * len(jpeg)   # one bad file fails the call: try each alone, to name it
-            for k, im in zip(jpeg, dec):
-                if im is None:
-                    try: im = decode_jpeg(datas[k], device=device, apply_exif_orientation=device.type == "cpu")
-                    except RuntimeError: im = None
-                if im is not None and im.shape[0] in (1, 3): out[k] = self._fit(int(idx[k]), im.expand(3, -1, -1))
-        for k, im in enumerate(out):   # PNG & co., CMYK JPEGs, and JPEGs libjpeg refused: PIL, as the resident path
-            if im is None: out[k] = self._fit(int(idx[k]), self._pil(int(idx[k]), datas[k])).to(device)
-        return torch.stack(out) if out else torch.zeros(0, 3, S, S, dtype=torch.uint8, device=device)
-
-    def _pil(self, i, data):
-        "An image decoded by PIL (CHW uint8), or the resident path's error naming the file."
-        try: return torch.from_numpy(_decode_image(data.numpy().tobytes()).copy()).permute(2, 0, 1)
-        except Exception as e:
-            raise ValueError(f"cannot decode the image {self.name(i)} in {self.root} ({type(e).__name__}: {e}); "
-                             f"the file is damaged or not an image: replace or remove it") from None
-
-    def _fit(self, i, im):
-        "Image `i` (3×H×W uint8) brought to S×S as the resident path does, or an error naming it when sizes must match."
-        S, (h, w) = self.image_size, im.shape[-2:]
-        if (h, w) == (S, S): return im
-        if not self.resize:
-            raise ValueError(f"images have different sizes ({S}×{S} {self.name(0)}, {w}×{h} {self.name(i)}); pass "
-                             f"image_size=... to resize the shorter side and centre-crop every image to a square")
-        if im.device.type == "cpu":   # PIL's resize, as in `_decode_image`: the same pixels as the resident path
-            from PIL import Image
-            return torch.from_numpy(np.array(_pil_square(Image.fromarray(im.permute(1, 2, 0).numpy()), S))).permute(2, 0, 1)
-        return _square(im[None], S)[0]  # on the GPU: torch's antialiased bilinear (within 1 grey level of PIL's)
-
 # %% ../nbs/01_data.ipynb #d6291c85
 _STATS_SAMPLE = 2048
-
-def _folder_lists(tree, classes, split):
-    "(files, labels) of one split of a scanned directory tree, classes in order and files by name."
-    pairs = [(f, i) for i, c in enumerate(classes) for _, f in tree[split][c]]
-    if not pairs: raise ValueError(f"no images found under {split}/ (expected {_LAYOUT})")
-    return [f for f, _ in pairs], torch.tensor([i for _, i in pairs], dtype=torch.long)
-
-def _image_size_of(f, path):
-    "(width, height) of image file `f` from its header (EXIF rotation applied), or the resident path's error naming it."
-    from PIL import Image
-    try:
-        with Image.open(f) as im:
-            w, h = im.size
-            return (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
-    except Exception as e:
-        raise ValueError(f"cannot decode the image {os.path.relpath(f, path)} in {path} ({type(e).__name__}: {e}); "
-                         f"the file is damaged or not an image: replace or remove it") from None
 
 def _stream_folder(name, path, tree, classes, test_split, image_size, workers=None) -> ImageData:
     "An `ImageData` whose images stay on disk (`DiskImages`); the channel statistics come from an evenly spaced sample."

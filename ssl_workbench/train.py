@@ -4,64 +4,31 @@
 
 # %% ../nbs/06_train.ipynb #2d944e99
 from __future__ import annotations
-import itertools, json, math, numbers, os, signal, threading, time, platform, types, typing, warnings, zipfile
-import numpy as np
+import json, math, os, signal, time, platform
 from dataclasses import dataclass, fields
 from pathlib import Path
 import torch
 import torch.nn as nn
 from tqdm.std import tqdm
-from .core import (Config, ConfigError, Progress, check_choice, check_range, get_device, seed_everything,
-                                get_method_class, method_ref)
+try: from fastcore.imports import IN_NOTEBOOK
+except ImportError: IN_NOTEBOOK = False
+from .core import (Config, ConfigError, Progress, check_choice, check_range, check_type, check_types, get_device,
+                                seed_everything, get_method_class, method_ref)
 from .data import load_dataset, place, check_image_data, DATASETS, ImageData, memory_budget_bytes
 from .augment import ViewMaker
 from .backbones import make_backbone, BACKBONES
 from .blocks import LARS, warmup_cosine
-from .metrics import extract_features, knn_accuracy
-from .distributed import (world_size, is_main, rank_slice, sync_batchnorm_, DDPMethod, mean_over_ranks, on_main,
-                                       any_rank, rank_rng_states, restore_rank_rng, check_world_size, distributed_evaluate)
+from .comm import (world_size, is_main, sync_batchnorm_, mean_over_ranks, on_main, any_rank, rank_rng_states,
+                                restore_rank_rng)
+from .distributed import rank_slice, DDPMethod, check_world_size
+from .guard import DivergenceError, NonFiniteLossError, NumericGuard, Interrupts, first_nonfinite
+from .rundir import (Run, CheckpointError, save_checkpoint, load_checkpoint, check_writable, check_run_dir,
+                                  claim_run_dir, release_run_dir)
+from .evaluate import method_features, evaluate, distributed_evaluate
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'PRECISIONS', 'CHECKPOINT_KEYS', 'MAX_WEIGHT_GROWTH', 'LOSS_BLOWUP', 'RUN_FILES', 'RESUME_KEYS',
-           'check_type', 'check_types', 'TrainConfig', 'resolve_configs', 'build_optimizer', 'set_schedule',
-           'DivergenceError', 'NonFiniteLossError', 'CheckpointError', 'Run', 'first_nonfinite', 'save_checkpoint',
-           'load_checkpoint', 'method_features', 'evaluate', 'NumericGuard', 'check_run_dir', 'claim_run_dir',
-           'release_run_dir', 'resolve_run', 'compile_backbones_', 'build_run', 'make_batch', 'train_step', 'train']
-
-# %% ../nbs/06_train.ipynb #68bee59e
-_KINDS = {int: 'an integer', float: 'a finite number', bool: 'True or False', str: 'a string'}
-
-def _field_kinds(cls):
-    "{field: (type, optional)} for the int / float / bool / str fields of config dataclass `cls` (others unchecked)."
-    try: hints = typing.get_type_hints(cls)
-    except Exception: return {}
-    out = {}
-    for f in fields(cls):
-        t = hints.get(f.name)
-        args = typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) else (t,)
-        base = [a for a in args if a is not type(None)]
-        if len(base) == 1 and base[0] in _KINDS: out[f.name] = (base[0], type(None) in args)
-    return out
-
-def check_type(name, value, kind, optional=False):
-    "`value` as a plain Python `kind` (int, float, bool or str), or `ConfigError` naming `name` and what is allowed."
-    if value is None and optional: return None
-    is_bool = isinstance(value, (bool, np.bool_))
-    ok = {bool: is_bool, str: isinstance(value, str), int: isinstance(value, numbers.Integral) and not is_bool,
-          float: isinstance(value, numbers.Real) and not is_bool}[kind]
-    if not ok:
-        hint = ''
-        if isinstance(value, str) and kind in (int, float):
-            try: hint = f"; write {name}={kind(value)!r} (a number, without quotes)"
-            except ValueError: pass
-        raise ConfigError(f"{name}={value!r} is {type(value).__name__}, not {_KINDS[kind]}{' (or None)' if optional else ''}{hint}")
-    if kind is float and not math.isfinite(value): raise ConfigError(f"{name}={value!r} is not allowed: {name} must be {_KINDS[float]}")
-    return value.item() if isinstance(value, np.generic) else value
-
-def check_types(cls, values: dict) -> dict:
-    "`values` (keys of config dataclass `cls`) with every int / float / bool / str value type-checked and made plain."
-    kinds = _field_kinds(cls)
-    return {k: check_type(k, v, *kinds[k]) if k in kinds else v for k, v in values.items()}
+__all__ = ['OPTIMIZERS', 'PRECISIONS', 'RESUME_KEYS', 'TrainConfig', 'resolve_configs', 'build_optimizer', 'set_schedule',
+           'resolve_run', 'compile_backbones_', 'build_model', 'build_run', 'make_batch', 'train_step', 'train']
 
 # %% ../nbs/06_train.ipynb #d81ed65f
 OPTIMIZERS = ('lars', 'sgd', 'adamw')
@@ -151,147 +118,10 @@ def set_schedule(opt, cfg, progress):
         g['weight_decay'] = g['base_wd'] * (1 + (m0 - 1) * (1 + math.cos(math.pi * progress.frac)) / 2)
 
 # %% ../nbs/06_train.ipynb #7254c02d
-class DivergenceError(RuntimeError):
-    "Training diverged (non-finite or exploding loss, gradients or weights); the run stopped and the last good checkpoint was kept."
-
-class NonFiniteLossError(DivergenceError):
-    "The loss became NaN or infinite; the run stopped and the last good checkpoint was kept."
-
-class CheckpointError(RuntimeError):
-    "A checkpoint cannot be written, read or verified; the message names the file."
-
-class Run:
-    "A training run: its directory, method, history of metric records and status."
-    def __init__(self, run_dir, method, method_name, config, data, view_maker):
-        self.run_dir, self.method, self.method_name, self.config = Path(run_dir), method, method_name, config
-        self.data, self.view_maker, self.history, self.status, self._stop = data, view_maker, [], 'running', False
-        self._stop_signal = None
-    def request_stop(self): self._stop = True
-    @property
-    def steps(self): return [r for r in self.history if r['kind'] == 'step']
-    @property
-    def epochs(self): return [r for r in self.history if r['kind'] == 'epoch']
-    def last(self, key):
-        "The most recent value logged for `key` (or None)."
-        return next((r[key] for r in reversed(self.history) if key in r), None)
-    def features(self, split='train', n=None):
-        "Backbone features of the (first `n`) un-augmented `split` images, method in eval mode, and their labels."
-        x, y = (self.data.train_x, self.data.train_y) if split == 'train' else (self.data.test_x, self.data.test_y)
-        return method_features(self.method, x[:n], self.view_maker.normalize), y[:n]
-    def linear_probe(self, **kw):
-        "Top-1 accuracy (%) of a logistic-regression probe on frozen backbone features (train → test)."
-        from ssl_workbench.metrics import linear_probe
-        return linear_probe(*self.features('train'), *self.features('test'), **kw)
-    def __repr__(self): return f"Run({self.method_name}, {self.status}, epochs={len(self.epochs) - 1}, dir={self.run_dir})"
-
 def _call(callbacks, name, *args):
     for cb in callbacks:
         f = getattr(cb, name, None)
         if f is not None: f(*args)
-
-# %% ../nbs/06_train.ipynb #c5d5e6b7
-CHECKPOINT_KEYS = ('method', 'optimizer', 'epoch', 'iter', 'step', 'partial', 'rng_cpu', 'rng_aug', 'history_json',
-                   'config_json', 'rng_cuda')
-
-def _tensors(obj, prefix=''):
-    "(name, tensor) pairs of every tensor in nested dicts / lists `obj`."
-    if torch.is_tensor(obj): yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items(): yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj): yield from _tensors(v, f"{prefix}[{i}]")
-
-def first_nonfinite(obj):
-    "The name of the first floating tensor in `obj` (nested dicts / lists) holding NaN or ±inf, else None (one host sync)."
-    named = [(n, t) for n, t in _tensors(obj) if t.is_floating_point() or t.is_complex()]
-    if not named: return None
-    ok = {}
-    for dev in {t.device for _, t in named}:     # one stack and one copy per device
-        idx = [i for i, (_, t) in enumerate(named) if t.device == dev]
-        ok.update(zip(idx, torch.stack([named[i][1].isfinite().all() for i in idx]).tolist()))
-    return next((named[i][0] for i in range(len(named)) if not ok[i]), None)
-
-def save_checkpoint(path, run, opt, gen, epoch, it, step, partial=None, extra=None):
-    "Atomically write everything needed to resume exactly (`partial`: mid-epoch metric accumulators; `extra`: more entries), if all of it is finite."
-    path = Path(path)
-    state = dict(method=run.method.state_dict(), optimizer=opt.state_dict(), epoch=epoch, iter=it, step=step, partial=partial or {},
-                 rng_cpu=torch.get_rng_state(), rng_aug=gen.get_state(), history_json=json.dumps(run.history),
-                 config_json=json.dumps(run.config),
-                 rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], **(extra or {}))
-    bad = first_nonfinite(dict(method=state['method'], optimizer=state['optimizer']['state'], partial=state['partial']))
-    if bad is not None:
-        raise DivergenceError(f"{bad} is not finite at step {step}: refusing to write it as a checkpoint "
-                              f"({path if path.exists() else 'no earlier checkpoint'} is kept)")
-    tmp = path.with_name(path.name + '.tmp')
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, 'wb') as f:
-            torch.save(state, f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        try: tmp.unlink(missing_ok=True)
-        except OSError: pass
-        raise CheckpointError(f"could not write the checkpoint {path} ({e}); "
-                              f"{'the previous one there is unchanged' if path.exists() else 'there is no earlier checkpoint'}") from e
-
-def _verify_archive(path):
-    "Raise `CheckpointError` unless `path` is a complete zip archive whose entries pass their CRC-32 checks."
-    try:
-        with zipfile.ZipFile(path) as z: bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise CheckpointError(f"checkpoint {path} is damaged or not a PyTorch checkpoint: not a complete zip archive ({e}); "
-                              f"it may have been cut short while copying. Use another copy, or start a new run") from None
-    if bad is not None:
-        raise CheckpointError(f"checkpoint {path} is damaged: its entry {bad} fails the archive's CRC-32 checksum; "
-                              f"use another copy, or start a new run")
-
-def load_checkpoint(path, map_location='cpu', verify=True):
-    "A checkpoint written by `save_checkpoint`; with `verify`, its integrity and contents are checked first (errors name the file)."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"no checkpoint file at {path}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): its write was cut short or the copy failed; "
-                              f"use another copy, or start a new run")
-    if verify: _verify_archive(path)
-    try: ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        if 'weights_only' in str(e) or 'Unpickl' in type(e).__name__:
-            raise CheckpointError(f"{path} holds Python objects that a checkpoint never contains; refusing to unpickle it "
-                                  f"(it was not written by ssl_workbench): {str(e).splitlines()[0]}") from None
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
-                              f"it is damaged or not a PyTorch file") from None
-    if not verify: return ck
-    missing = [k for k in CHECKPOINT_KEYS if k not in ck] if isinstance(ck, dict) else list(CHECKPOINT_KEYS)
-    if missing:
-        raise CheckpointError(f"{path} is not an ssl_workbench training checkpoint (it lacks {missing}); resume takes a run "
-                              f"directory or the checkpoints/last.pt that train() wrote")
-    try: conf = json.loads(ck['config_json']); assert {'method', 'preset', 'train', 'method_config'} <= set(conf)
-    except Exception:
-        raise CheckpointError(f"{path} is not an ssl_workbench training checkpoint: its config_json is not a run configuration") from None
-    bad = first_nonfinite(dict(method=ck['method'], optimizer=ck['optimizer'].get('state', {}) if isinstance(ck['optimizer'], dict) else {}))
-    if bad is not None:
-        raise CheckpointError(f"checkpoint {path} holds non-finite values ({bad}); it is not a good state to resume from")
-    return ck
-
-# %% ../nbs/06_train.ipynb #dffd580e
-@torch.no_grad()
-def method_features(method, x_uint8, normalize, amp_dtype=None, encoder=None):
-    "`encoder` (default `method.embed`) features of un-augmented images, with the method in eval mode (its mode restored after)."
-    was = method.training; method.eval()
-    dev = next(method.parameters()).device
-    with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        f = extract_features(encoder or method.embed, x_uint8, normalize, device=dev)
-    method.train(was)
-    return f
-
-def evaluate(method, data, view_maker, cfg, amp_dtype=None):
-    "kNN top-1 accuracy of each backbone in `method.eval_backbones()`: `knn/top1`, and e.g. `knn/student_top1`."
-    out = {}
-    for name, enc in method.eval_backbones().items():
-        tr, te = (method_features(method, x, view_maker.normalize, amp_dtype, enc) for x in (data.train_x, data.test_x))
-        out[f"knn/{name + '_' if name else ''}top1"] = knn_accuracy(tr, data.train_y.to(tr.device), te, data.test_y.to(tr.device),
-                                                                   cfg.knn_k, cfg.knn_t)
-    return out
 
 # %% ../nbs/06_train.ipynb #da0ef395
 def _versions():
@@ -301,155 +131,11 @@ def _versions():
 
 def _to_float(v): return v.item() if torch.is_tensor(v) else float(v)
 
-class _Interrupts:
-    "Turns the first SIGINT or SIGTERM into a stop request honoured between steps; a second one aborts at once."
-    SIGNALS = ('SIGINT', 'SIGTERM')
-    def __init__(self, run): self.run, self.prev = run, {}
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for name in self.SIGNALS: self.prev[name] = signal.signal(getattr(signal, name), self._handle)
-        return self
-    def _handle(self, sig, frame):
-        name = signal.Signals(sig).name
-        if self.run._stop:
-            if name == 'SIGTERM': raise SystemExit(128 + sig)
-            raise KeyboardInterrupt
-        self.run._stop, self.run._stop_signal = True, name
-        print(f"\n{name} received: finishing this step and writing a checkpoint "
-              f"({'Ctrl-C' if name == 'SIGINT' else 'a second SIGTERM'} again aborts at once)", flush=True)
-    def __exit__(self, *exc):
-        for name, h in self.prev.items(): signal.signal(getattr(signal, name), h)
-
-# %% ../nbs/06_train.ipynb #2a311da6
-MAX_WEIGHT_GROWTH = 1e3   # the largest |weight| growing beyond this × its start value (at least 1) stops a run
-LOSS_BLOWUP = 1e4         # a logged loss this many times the first window's (or 1) warns
-
-class NumericGuard:
-    "Non-finite gradients (recorded on the device each step) and non-finite or exploding weights, checked at log boundaries."
-    def __init__(self, model, step=0):
-        self.named = [(n, p) for n, p in model.named_parameters()]
-        self.first_bad, self.checked_step, self.first_loss, self.warned = None, step, None, False
-        self.bad_loss_at, self.bad_loss_vals, self.term_names = None, None, ()
-        self.start_max = float(self._largest().max()) if self.named else 0.0
-    def _largest(self):
-        "The largest |w| of every parameter (a CPU tensor; one host sync)."
-        return torch.stack(torch._foreach_norm([p.detach() for _, p in self.named], float('inf'))).float().cpu()
-    def after_forward(self, loss, terms, step, epoch):
-        "Remember (without a host sync) the first step whose loss is not finite, with its epoch and loss terms."
-        names = tuple(k for k, v in terms.items() if torch.is_tensor(v))
-        vals = torch.stack([loss.detach().float().reshape(())] + [terms[k].detach().float().reshape(()) for k in names])
-        if self.bad_loss_at is None or names != self.term_names:
-            if self.bad_loss_at is None: self.bad_loss_at = torch.full((2,), -1, dtype=torch.long, device=vals.device)
-            self.bad_loss_vals, self.term_names = torch.full_like(vals, float('nan')), names
-        first = ~vals[0].isfinite() & (self.bad_loss_at[0] < 0)
-        # Python scalars, not a new tensor: copying [step, epoch] to a GPU would wait for it
-        self.bad_loss_at = torch.stack([torch.where(first, step, self.bad_loss_at[0]), torch.where(first, epoch, self.bad_loss_at[1])])
-        self.bad_loss_vals = torch.where(first, vals, self.bad_loss_vals)
-    def after_backward(self, step):
-        "Remember (without a host sync) the first step whose gradients are not all finite."
-        grads = [p.grad for _, p in self.named if p.grad is not None]
-        if not grads: return
-        bad = ~torch.stack(torch._foreach_norm(grads, float('inf'))).isfinite().all()
-        if self.first_bad is None: self.first_bad = torch.full((), -1, dtype=torch.long, device=grads[0].device)
-        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
-    def check(self, step, loss=None):
-        "Raise `DivergenceError` for what went wrong in steps `checked_step`..`step - 1`; warn if `loss` exploded."
-        span = f"in steps {self.checked_step}..{step - 1}" if step - 1 > self.checked_step else f"at step {self.checked_step}"
-        if self.bad_loss_at is not None and (at := self.bad_loss_at.tolist())[0] >= 0:
-            v = self.bad_loss_vals.tolist()
-            raise NonFiniteLossError(f"loss is {v[0]} at epoch {at[1]} step {at[0]} (terms {dict(zip(self.term_names, v[1:]))}; "
-                                     f"found at the check of steps {self.checked_step}..{step - 1})")
-        if self.first_bad is not None and (b := int(self.first_bad)) >= 0:
-            raise DivergenceError(f"gradients became non-finite at step {b} (the loss was finite) and the weights they touched "
-                                  f"are no longer trustworthy")
-        if self.named:
-            top = self._largest()
-            bad = (~top.isfinite()).nonzero()
-            if len(bad): raise DivergenceError(f"weights became non-finite {span} ({self.named[int(bad[0])][0]})")
-            i = int(top.argmax())
-            limit = MAX_WEIGHT_GROWTH * max(1.0, self.start_max)
-            if top[i] > limit:
-                raise DivergenceError(f"weights diverged {span}: max |w| = {top[i]:.3g} in {self.named[i][0]}, more than "
-                                      f"{MAX_WEIGHT_GROWTH:g}× the largest weight at the start ({self.start_max:.3g}; "
-                                      f"ssl_workbench.train.MAX_WEIGHT_GROWTH); the learning rate is probably far too large")
-        if loss is not None and math.isfinite(loss):
-            if self.first_loss is None: self.first_loss = loss
-            elif not self.warned and abs(loss) > LOSS_BLOWUP * max(1.0, abs(self.first_loss)):
-                self.warned = True
-                warnings.warn(f"the loss exploded {span}: {loss:.4g}, first logged {self.first_loss:.4g}; "
-                              f"check the learning rate", RuntimeWarning, stacklevel=2)
-        self.checked_step = step
-
 def _last_good(ck_file, saved, run_dir):
     "How to go on after a divergence: the last good checkpoint and what to change."
     where = (f"the last good checkpoint is {ck_file} (epoch {saved[0]}, step {saved[1]}); train(resume={str(run_dir)!r}) "
              f"replays the same steps exactly and would stop here again" if saved else "no checkpoint was written before it")
     return f"the run stopped; {where}. Start a new run with a lower lr, gradient clipping (grad_clip=...) or precision='fp32'"
-
-# %% ../nbs/06_train.ipynb #d3886da0
-RUN_FILES = ('config.json', 'metrics.jsonl', 'checkpoints', 'backbone.pt', 'backbone.json', 'report.html')
-
-def _check_writable(folder: Path, what: str):
-    "Create `folder` if needed and test-write a file in it; `PermissionError` naming the path otherwise."
-    probe = folder / f".write-test-{os.getpid()}-{threading.get_ident()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b''); probe.unlink()
-    except OSError as e:
-        raise PermissionError(f"{what} {folder} cannot be written ({e.strerror or e}); pass run_dir= a folder you "
-                              f"can write to") from None
-
-def check_run_dir(run_dir: Path):
-    "Raise a clear error unless `run_dir` is missing or an empty folder (a new run never writes among other files)."
-    run_dir = Path(run_dir)
-    if not run_dir.exists(): return
-    if not run_dir.is_dir(): raise ConfigError(f"run_dir={str(run_dir)!r} is a file, not a folder; pass a new folder's path")
-    if (run_dir / 'checkpoints' / 'last.pt').exists():
-        raise ConfigError(f"{run_dir} already holds a run; continue it with train(resume={str(run_dir)!r}) or pass another run_dir")
-    entries = sorted(p.name for p in run_dir.iterdir())
-    if not entries: return
-    shown = ', '.join(entries[:5]) + (f', ... ({len(entries)} entries)' if len(entries) > 5 else '')
-    what = ("an unfinished run with no checkpoint to resume (delete the folder to reuse its name)"
-            if set(entries) <= set(RUN_FILES) else "files that are not a training run")
-    raise ConfigError(f"run_dir={str(run_dir)!r} ({run_dir.resolve()}) is not empty: it holds {what}: {shown}. A run writes "
-                      f"{', '.join(RUN_FILES)} into its folder and would overwrite them; pass a new or empty folder, "
-                      f"e.g. run_dir='runs/my-run', or leave run_dir unset for a fresh runs/<method>-<dataset>-<time>")
-
-def claim_run_dir(run_dir: Path, unique=False):
-    """Take `run_dir` for a new run: (the folder, whether it was created). With `unique` (a default name) a `-2`, `-3`, ...
-    suffix is added while the name is taken; `config.json` is created exclusively, so no two runs share a folder."""
-    run_dir, created = Path(run_dir), False
-    parent = run_dir.parent
-    if unique:
-        _check_writable(parent, 'the runs folder')
-        for i in itertools.count(1):
-            cand = run_dir if i == 1 else run_dir.with_name(f"{run_dir.name}-{i}")
-            try: cand.mkdir(); run_dir, created = cand, True; break
-            except FileExistsError: continue
-    else:
-        check_run_dir(run_dir)
-        created = not run_dir.exists()
-        try: run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e: raise PermissionError(f"run_dir {run_dir} cannot be created ({e.strerror or e}); pass run_dir= "
-                                                   f"a folder you can write to") from None
-    try: fd = os.open(run_dir / 'config.json', os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        raise ConfigError(f"another run has just claimed {run_dir}; pass another run_dir") from None
-    except OSError as e:
-        if created: run_dir.rmdir()
-        raise PermissionError(f"run_dir {run_dir} cannot be written ({e.strerror or e}); pass run_dir= a folder you can "
-                              f"write to") from None
-    with os.fdopen(fd, 'w') as f: json.dump(dict(status='starting', pid=os.getpid()), f)
-    try: _check_writable(run_dir / 'checkpoints', 'the checkpoints folder')
-    except PermissionError: release_run_dir(run_dir, created); raise
-    return run_dir, created
-
-def release_run_dir(run_dir: Path, created: bool):
-    "Undo `claim_run_dir` after a failed start: remove the trainer's files (only those) and the folder if it created it."
-    for f in ('config.json', 'metrics.jsonl'): (run_dir / f).unlink(missing_ok=True)
-    for d in [run_dir / 'checkpoints'] + ([run_dir] if created else []):
-        try: d.rmdir()
-        except OSError: pass
 
 # %% ../nbs/06_train.ipynb #3148a4f5
 RESUME_KEYS = ('device', 'progress', 'log_every', 'memory_budget')
@@ -497,6 +183,19 @@ def compile_backbones_(method):
         if isinstance(m, nn.Module): m.compile()
     return method
 
+def build_model(M, tcfg, mcfg, image_size, n_train, device, mean=(0.5,) * 3, std=(0.25,) * 3, channels_last=None):
+    """The method as the trainer builds it, on `device`: (model, view maker, optimiser, autocast dtype or None). SyncBN
+    in a multi-process run, channels-last on CUDA (or as `channels_last` says), `compile_backbone`; `build_run` and
+    the benchmarks (`bench step`, `bench peer`) all build through it."""
+    model = M(mcfg, make_backbone(tcfg.backbone, image_size, tcfg.cifar_stem), batch_size=tcfg.batch_size, n_train=n_train).to(device)
+    if world_size() > 1 and tcfg.sync_bn: sync_batchnorm_(model)
+    if (device.type == 'cuda') if channels_last is None else channels_last: model = model.to(memory_format=torch.channels_last)
+    if tcfg.compile_backbone: compile_backbones_(model)
+    vm = ViewMaker(model.view_specs(image_size), mean, std)
+    opt = build_optimizer(model.param_groups(tcfg.weight_decay), tcfg)
+    amp = torch.bfloat16 if (tcfg.precision == 'bf16' or (tcfg.precision == 'auto' and device.type == 'cuda')) else None
+    return model, vm, opt, amp
+
 def build_run(M, preset, tcfg, mcfg, run_dir, data=None):
     "A `Run` with data on the device, backbone, method, view maker and optimiser (`run.optimizer`), nothing trained yet."
     device = get_device(tcfg.device)
@@ -515,19 +214,12 @@ def build_run(M, preset, tcfg, mcfg, run_dir, data=None):
     W = world_size()
     if B % W: raise ConfigError(f"batch_size={B} (the global batch) must be a multiple of the {W} processes; allowed e.g. "
                                 f"{max(W, B - B % W)} or {B - B % W + W}")
-    backbone = make_backbone(tcfg.backbone, data.image_size, tcfg.cifar_stem)
-    model = M(mcfg, backbone, batch_size=B, n_train=n).to(device)
-    if W > 1 and tcfg.sync_bn: sync_batchnorm_(model)
-    if device.type == 'cuda': model = model.to(memory_format=torch.channels_last)
-    if tcfg.compile_backbone: compile_backbones_(model)
-    vm = ViewMaker(model.view_specs(data.image_size), data.mean, data.std)
+    model, vm, opt, amp = build_model(M, tcfg, mcfg, data.image_size, n, device, data.mean, data.std)
     config = dict(method=M.name, method_class=method_ref(M), preset=preset, train=tcfg.to_dict(), method_config=mcfg.to_dict(),
                   versions=_versions(), world_size=W, data=dict(name=data.name, n_train=n, n_test=len(data.test_y), image_size=data.image_size,
                                                   classes=list(map(str, data.classes))))
     run = Run(run_dir, model, M.name, config, data, vm)
-    run.optimizer = build_optimizer(model.param_groups(tcfg.weight_decay), tcfg)
-    run.device = device
-    run.amp = torch.bfloat16 if (tcfg.precision == 'bf16' or (tcfg.precision == 'auto' and device.type == 'cuda')) else None
+    run.optimizer, run.device, run.amp = opt, device, amp
     return run
 
 def make_batch(data, idx, view_maker, gen, device):
@@ -589,12 +281,12 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
     if stop_after_epochs is not None: check_range('stop_after_epochs', check_type('stop_after_epochs', stop_after_epochs, int), 1)
     callbacks = _as_callbacks(callbacks)
     M, preset, tcfg, mcfg, run_dir, ck = resolve_run(method, dataset, epochs, preset, resume, overrides)
-    W = world_size()                      # processes (ssl_workbench.distributed); process 0 owns the run directory
+    W = world_size()                      # processes (ssl_workbench.comm); process 0 owns the run directory
     if ck is not None: check_world_size(json.loads(ck['config_json']), run_dir)
     ck_file = run_dir / 'checkpoints' / 'last.pt'
     if ck is None:
         run_dir, created = on_main(lambda: claim_run_dir(run_dir, unique=tcfg.run_dir is None)); ck_file = run_dir / 'checkpoints' / 'last.pt'
-    else: on_main(lambda: (_check_writable(run_dir, 'the run folder'), _check_writable(ck_file.parent, 'the checkpoints folder')))
+    else: on_main(lambda: (check_writable(run_dir, 'the run folder'), check_writable(ck_file.parent, 'the checkpoints folder')))
     try:
         run = build_run(M, preset, tcfg, mcfg, run_dir, data)
         if ck is not None: _load_state(run, ck, ck_file)
@@ -650,7 +342,7 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
     _call(callbacks, 'on_train_start', run)
     model.train()
     try:
-        with _Interrupts(run):
+        with Interrupts(run):
             for epoch in range(start_epoch, tcfg.epochs):
                 prog.epoch = epoch
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(tcfg.seed * 100003 + epoch))
@@ -698,3 +390,9 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
         raise OSError(f"training finished (checkpoint {ck_file}) but writing backbone.pt / report.html in {run_dir} failed: {e}") from e
     _call(callbacks, 'on_train_end', run)
     return run
+
+# %% ../nbs/06_train.ipynb #c2ff670a
+#| eval: false
+if __name__ == '__main__' and not IN_NOTEBOOK:      # `python -m ssl_workbench.train` is not a command
+    raise SystemExit("ssl_workbench.train is a module, not a command: train with `ssl-workbench train method=... epochs=...` "
+                     "or `python -m ssl_workbench train ...` (torchrun: `torchrun ... -m ssl_workbench train ...`)")

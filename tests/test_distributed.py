@@ -56,7 +56,7 @@ def _free_port():
 def _worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from ssl_workbench.distributed import init_from_env
+    from ssl_workbench.comm import init_from_env
     import torch.distributed as dist
     init_from_env()
     try: _train_all(out_dir)
@@ -139,7 +139,7 @@ def test_torchrun_command_resume_and_world_size_error(tmp_path):
               'log_every=3', 'eval_every=1', 'eval_at_start=False', 'queue_size=64']
     def launch(*args):
         cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={_free_port()}',
-               '-m', 'ssl_workbench.distributed', *args]
+               '-m', 'ssl_workbench', 'train', *args]
         p = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         return p

@@ -120,7 +120,7 @@ def test_unusual_files_decode_like_the_resident_path(tmp_path):
     st = load_dataset('folder', tmp_path / 'odd', root=tmp_path, image_size=12, memory_budget=1)
     assert st.streamed and torch.equal(st.train_x[:], res.train_x) and torch.equal(st.test_x[torch.arange(10)], res.test_x)
     from PIL import ImageOps
-    from ssl_workbench.data import _pil_square
+    from ssl_workbench.folders import _pil_square
     f = tmp_path / 'odd' / 'train' / 'a' / '1.jpg'
     upright, raw = (torch.from_numpy(np.array(_pil_square(g(Image.open(f)).convert('RGB'), 12))).permute(2, 0, 1)
                     for g in (ImageOps.exif_transpose, lambda im: im))

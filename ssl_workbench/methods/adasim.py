@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from ..core import Config, ConfigError, Method, StepOutput, check_range, check_choice, l2n
-from ..distributed import all_gather_cat, local_rows, world_size
+from ..comm import all_gather_cat, local_rows, world_size
 
 # %% auto #0
 __all__ = ['ADASIM_RECIPES', 'BASES', 'VARIANTS', 'CACHE_DTYPES', 'cache_dtype', 'NeighbourCache', 'first_other',

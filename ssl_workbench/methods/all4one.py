@@ -11,7 +11,7 @@ import torch.nn as nn
 from ..core import Config, ConfigError, Method, StepOutput, check_range, check_choice, l2n, split_decay
 from ..blocks import mlp, Queue, nnclr_loss, nn_stats, make_teacher, ema_update_, cosine_momentum, embedding_std
 from ..augment import RECIPES
-from ..distributed import all_reduce_sum
+from ..comm import all_reduce_sum
 
 # %% auto #0
 __all__ = ['PE_KINDS', 'VARIANTS', 'SWITCHES', 'redundancy_loss', 'positional_encoding', 'shift', 'All4OneConfig', 'All4One']

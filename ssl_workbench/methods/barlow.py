@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from ..core import Config, Method, StepOutput, check_range, check_choice
 from ..blocks import mlp, embedding_std
-from ..distributed import sync_batch_norm, all_reduce_sum, world_size
+from ..comm import sync_batch_norm, all_reduce_sum, world_size
 from ..augment import RECIPES
 
 # %% auto #0

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..core import Config, ConfigError, Method, StepOutput, check_range, check_choice, l2n
 from ..blocks import mlp, make_teacher, ema_update_, cosine_momentum, Queue, split_batchnorm_, SplitBatchNorm
 from ..augment import RECIPES, ViewSpec, view_specs
-from ..distributed import world_size
+from ..comm import world_size
 
 # %% auto #0
 __all__ = ['MOMENTUM_SCHEDULES', 'AUGMENTS', 'jcl_terms', 'jcl_loss', 'JCLConfig', 'JCL', 'MoCoV2Config', 'MoCoV2',

@@ -1,0 +1,2 @@
+from ssl_workbench.cli import main
+raise SystemExit(main())
