@@ -60,7 +60,7 @@ def blur_kernel_size(size: int) -> int:
     return max(1, min(k, 2 * ((size - 1) // 2) + 1))  # reflect padding needs k // 2 < size
 
 # %% ../nbs/02_augment.ipynb #4c9bf804
-RECIPES = ("cifar", "simclr", "byol", "multicrop", "weak")
+RECIPES = ("cifar", "simclr", "byol", "multicrop", "weak", "mocov2")
 
 
 def view_specs(recipe: str, image_size: int, n_global: int = 2, n_local: int = 0,
@@ -78,6 +78,7 @@ def view_specs(recipe: str, image_size: int, n_global: int = 2, n_local: int = 0
         "multicrop": (ViewSpec(s, scale=(0.14, 1.0), blur_p=1.0),
                       ViewSpec(s, scale=(0.14, 1.0), blur_p=0.1, solarize_p=0.2)),
         "weak": (ViewSpec(s, scale=(0.2, 1.0), jitter_p=0.0, gray_p=0.0),) * 2,
+        "mocov2": (ViewSpec(s, scale=(0.2, 1.0), saturation=0.4, blur_p=0.5 if s >= 64 else 0.0),) * 2,
     }[recipe]
     specs = [replace(pair[i % 2]) for i in range(n_global)]
     local = ViewSpec(local_size or max(1, round(s * 96 / 224)), scale=(0.05, 0.14), blur_p=0.5)

@@ -10,7 +10,7 @@ import torchvision
 from .core import check_choice
 
 # %% auto #0
-__all__ = ['BACKBONES', 'cifar_stem_', 'conv_bn', 'SmallBlock', 'SmallNet', 'make_backbone', 'n_params']
+__all__ = ['BACKBONES', 'cifar_stem_', 'conv_bn', 'SmallBlock', 'SmallNet', 'zero_init_residual_', 'make_backbone', 'n_params']
 
 # %% ../nbs/03_backbones.ipynb #59d1fb8f
 BACKBONES = ('resnet18', 'resnet50', 'resnet_small', 'convnet', 'vit_tiny')
@@ -41,16 +41,28 @@ class SmallNet(nn.Sequential):
         super().__init__(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.feat_dim = cin
 
-def make_backbone(name='resnet18', image_size=32, cifar_stem=None):
-    "Backbone `name` (one of `BACKBONES`) with `feat_dim`; CIFAR stem by default for images ≤ 64 px."
+def zero_init_residual_(model):
+    "Zero the last BN weight of every residual branch (torchvision's `zero_init_residual=True`), in place."
+    R = torchvision.models.resnet
+    for m in model.modules():
+        bn = (m.bn3 if isinstance(m, R.Bottleneck) else m.bn2 if isinstance(m, R.BasicBlock)
+              else m.body[-1] if isinstance(m, SmallBlock) else None)
+        if bn is not None: nn.init.zeros_(bn.weight)
+    return model
+
+def make_backbone(name='resnet18', image_size=32, cifar_stem=None, zero_init_residual=False):
+    """Backbone `name` (one of `BACKBONES`) with `feat_dim`; CIFAR stem by default for images ≤ 64 px;
+    `zero_init_residual`: each residual block starts as the identity (no-op for backbones without residual blocks)."""
     check_choice('backbone', name, BACKBONES)
     if cifar_stem is None: cifar_stem = image_size <= 64
     if name in ('resnet18', 'resnet50'):
-        m = getattr(torchvision.models, name)()
+        m = getattr(torchvision.models, name)(zero_init_residual=zero_init_residual)
         m.feat_dim = m.fc.in_features
         m.fc = nn.Identity()
         return cifar_stem_(m) if cifar_stem else m
-    if name == 'resnet_small': return SmallNet((32, 64, 128, 256), (1, 1, 2, 2), residual=True)
+    if name == 'resnet_small':
+        m = SmallNet((32, 64, 128, 256), (1, 1, 2, 2), residual=True)
+        return zero_init_residual_(m) if zero_init_residual else m
     if name == 'convnet': return SmallNet((32, 32, 64, 64, 128, 128, 256), (1, 1, 2, 1, 2, 1, 2), residual=False)
     patch = 4 if image_size <= 64 else 16
     m = torchvision.models.VisionTransformer(image_size=image_size, patch_size=patch, num_layers=6, num_heads=3,

@@ -12,39 +12,49 @@ from ..core import Config, ConfigError, Method, StepOutput, check_range, check_c
 from ..comm import all_gather_cat, local_rows, world_size
 
 # %% auto #0
-__all__ = ['ADASIM_RECIPES', 'BASES', 'VARIANTS', 'CACHE_DTYPES', 'cache_dtype', 'NeighbourCache', 'first_other',
-           'sample_partner', 'adasim_partners', 'AdaSimConfig', 'AdaSim']
+__all__ = ['ADASIM_RECIPES', 'BASES', 'VARIANTS', 'CACHE_DTYPES', 'FP16_MIN_TAU', 'cache_dtype', 'sim_dtype', 'NeighbourCache',
+           'first_other', 'sample_partner', 'adasim_partners', 'AdaSimConfig', 'AdaSim']
 
 # %% ../../nbs/17_methods.adasim.ipynb #e28a8b9c
-ADASIM_RECIPES = {'paper': (0.2, 10, 3), 'paper_long': (0.2, 50, 10), 'released': (0.001, 50, 10)}
+ADASIM_RECIPES = {'paper': (0.2, 10, 3), 'paper_resnet50': (0.2, 1, 10), 'paper_long': (0.2, 50, 10), 'released': (0.001, 50, 10)}
 BASES = ('dino', 'simsiam')
 VARIANTS = ('adasim', 'nn', 'none')
 CACHE_DTYPES = {'auto': None, 'float16': torch.float16, 'bfloat16': torch.bfloat16, 'float32': torch.float32}
 
-def cache_dtype(name):
-    "'auto': fp16 when CUDA is available (half the memory, fast matmul), else fp32 (no conversion per step on the CPU)."
-    return CACHE_DTYPES[name] or (torch.float16 if torch.cuda.is_available() else torch.float32)
+FP16_MIN_TAU = 0.05     # below it fp16 rounding of the similarities moves softmax(m / τ) visibly (see "Precision")
+
+def cache_dtype(name, tau=None):
+    """'auto': fp16 when CUDA is available (half the memory, fast matmul) and τ ≥ `FP16_MIN_TAU`; else fp32 (the
+    released code's dtype; on the CPU also no conversion per step)."""
+    if CACHE_DTYPES[name] is not None: return CACHE_DTYPES[name]
+    return torch.float16 if torch.cuda.is_available() and (tau is None or tau >= FP16_MIN_TAU) else torch.float32
+
+def sim_dtype(feat_dtype):
+    "Stored similarities: fp32 next to an fp32 cache, else fp16 (bf16's 8-bit mantissa is too coarse for them)."
+    return torch.float32 if feat_dtype == torch.float32 else torch.float16
 
 def _gib(b): return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
 
 class NeighbourCache(nn.Module):
     """Dataset-sized cache of unit features, the current epoch's top-K table and ring buffers of the last `window`
-    epochs' tables; indices int32 (-1 = empty), similarities fp16. All state is buffers + (ptr, filled)."""
+    epochs' tables; indices int32 (-1 = empty), similarities in `sim_dtype(dtype)`. All state is buffers + (ptr, filled)."""
     def __init__(self, n, dim, window, k, dtype=torch.float16):
         super().__init__()
         self.n, self.window, self.k = n, window, k
         self.register_buffer('feats', torch.zeros(n, dim, dtype=dtype))
         self.register_buffer('table_idx', torch.full((n, k), -1, dtype=torch.int32))
-        self.register_buffer('table_sim', torch.zeros(n, k, dtype=torch.float16))
+        sd = sim_dtype(dtype)
+        self.register_buffer('table_sim', torch.zeros(n, k, dtype=sd))
         self.register_buffer('ring_idx', torch.full((n, window, k), -1, dtype=torch.int32))
-        self.register_buffer('ring_sim', torch.zeros(n, window, k, dtype=torch.float16))
+        self.register_buffer('ring_sim', torch.zeros(n, window, k, dtype=sd))
         self.ptr, self.filled = 0, 0          # next ring slot; epochs stored (≤ window)
     def get_extra_state(self): return {'ptr': self.ptr, 'filled': self.filled}
     def set_extra_state(self, state): self.ptr, self.filled = int(state['ptr']), int(state['filled'])
     @staticmethod
-    def nbytes(n, dim, window, k, feat_bytes=2):
-        "Bytes of each buffer: features N×d, epoch table N×K, ring buffers N×w×K (int32 + fp16 = 6 bytes an entry)."
-        return {'features': n * dim * feat_bytes, 'epoch table': n * k * 6, 'ring buffers': n * window * k * 6}
+    def nbytes(n, dim, window, k, feat_bytes=2, sim_bytes=None):
+        "Bytes of each buffer: features N×d, epoch table N×K, ring buffers N×w×K (an entry: int32 + the similarity)."
+        e = 4 + (sim_bytes or (4 if feat_bytes == 4 else 2))
+        return {'features': n * dim * feat_bytes, 'epoch table': n * k * e, 'ring buffers': n * window * k * e}
     @torch.no_grad()
     def query(self, f, index):
         "Top-K similarities of unit features `f` (B×d) to the cache as it is now; written to the epoch table rows `index`."
@@ -52,7 +62,7 @@ class NeighbourCache(nn.Module):
         with torch.autocast(f.device.type, enabled=False):
             sims = (f.float() @ Z.float().t()) if Z.device.type == 'cpu' else (f.to(Z.dtype) @ Z.t()).float()
         s, i = sims.topk(min(self.k, self.n), dim=1)
-        gi, gs, gx = all_gather_cat(i.int()), all_gather_cat(s.half()), all_gather_cat(index)   # every process's rows
+        gi, gs, gx = all_gather_cat(i.int()), all_gather_cat(s.to(self.table_sim.dtype)), all_gather_cat(index)   # every process's rows
         self.table_idx[gx], self.table_sim[gx] = gi, gs
         return i, s
     @torch.no_grad()
@@ -112,8 +122,9 @@ def _base_class(name):
 
 @dataclass
 class AdaSimConfig(Config):
-    """AdaSim on a base method. `recipe` sets (τ, w, K) unless given: 'paper' (0.2, 10, 3), 'paper_long' (0.2, 50, 10),
-    'released' (0.001, 50, 10). `base_preset` picks the base's head sizes etc.; `base_cfg` overrides them."""
+    """AdaSim on a base method. `recipe` sets (τ, w, K) unless given: 'paper' (0.2, 10, 3), 'paper_resnet50' (0.2, 1, 10),
+    'paper_long' (0.2, 50, 10), 'released' (0.001, 50, 10). `base_preset` picks the base's head sizes etc.; `base_cfg`
+    overrides them."""
     base: str = 'dino'
     variant: str = 'adasim'
     recipe: str = 'paper'
@@ -143,13 +154,18 @@ class AdaSimConfig(Config):
         return M.config_class.from_dict({**M.presets[self.base_preset].get('method', {}), **(self.base_cfg or {})})
 
 def _presets():
+    "The base's presets; (τ, w, K) and, for `imagenet`, the epochs and DINO-2 crops of the paper's Table 2 ResNet-50 rows."
     from ssl_workbench.methods.dino import DINO
     from ssl_workbench.methods.simsiam import SimSiam
     out = {}
     for base, M in (('dino', DINO), ('simsiam', SimSiam)):
         for size in ('small', 'cifar', 'imagenet'):
-            train = dict(M.presets[size]['train'])
-            out[size if base == 'dino' else f'{size}_simsiam'] = dict(train=train, method=dict(base=base, base_preset=size))
+            train, method = dict(M.presets[size]['train']), dict(base=base, base_preset=size)
+            if size != 'cifar': method['recipe'] = 'paper_resnet50'          # w = 1: bootstraps from the second epoch
+            if size == 'imagenet':
+                train['epochs'] = 100                                          # Table 2: ResNet-50, 100 epochs
+                if base == 'dino': method['base_cfg'] = dict(n_local=0)        # DINO-2: two global crops only
+            out[size if base == 'dino' else f'{size}_simsiam'] = dict(train=train, method=method)
     return out
 
 class AdaSim(Method):
@@ -162,7 +178,8 @@ class AdaSim(Method):
         self.cfg, self.batch_size, self.n_train = cfg, batch_size, n_train
         if n_train is None: raise ConfigError("AdaSim needs n_train (the number of training images) for its cache")
         self.base = _base_class(cfg.base)(cfg.base_config(), backbone, batch_size, n_train)
-        feat_bytes = torch.finfo(cache_dtype(cfg.cache_dtype)).bits // 8
+        dtype = cache_dtype(cfg.cache_dtype, cfg.tau)
+        feat_bytes = torch.finfo(dtype).bits // 8
         sizes = NeighbourCache.nbytes(n_train, backbone.feat_dim, cfg.window, cfg.topk, feat_bytes)
         limit, where = self._memory_limit()
         if sum(sizes.values()) > limit:
@@ -170,8 +187,9 @@ class AdaSim(Method):
             raise ConfigError(f"AdaSim's neighbour cache needs {_gib(sum(sizes.values()))} ({parts}) for N={n_train}, "
                               f"d={backbone.feat_dim}, w={cfg.window}, K={cfg.topk}, but {_gib(limit)} is allowed ({where}); "
                               f"lower window / topk, use cache_dtype='float16', or raise max_cache_bytes")
-        self.cache = NeighbourCache(n_train, backbone.feat_dim, cfg.window, cfg.topk, cache_dtype(cfg.cache_dtype))
+        self.cache = NeighbourCache(n_train, backbone.feat_dim, cfg.window, cfg.topk, dtype)
         self._data = self._vm = self._gen = None
+        self._epochs_checked = None
         self._anchor = self._pending = None
     def _memory_limit(self):
         if self.cfg.max_cache_bytes is not None: return self.cfg.max_cache_bytes, 'max_cache_bytes'
@@ -225,7 +243,17 @@ class AdaSim(Method):
             vp = self._vm.apply(xp, self._vm.specs[1], self._gen, n_draw=len(j) * world_size(), rows=local_rows(len(j)))
         out = torch.where((j != index).view(-1, 1, 1, 1), vp.to(view.dtype), view)
         return out.contiguous(memory_format=torch.channels_last) if view.device.type == 'cuda' else out
+    def check_epochs(self, epochs):
+        "ConfigError if a run of `epochs` epochs would never bootstrap (AdaSim: w epochs must be stored first; +NN: one)."
+        c = self.cfg
+        need = {'adasim': c.window if c.tau > 0 else 0, 'nn': 1, 'none': 0}[c.variant]
+        if need and epochs <= need:
+            raise ConfigError(f"variant={c.variant!r} with window={c.window} never bootstraps in a run of epochs={epochs}: "
+                              f"pairs from other images start after {need} stored epoch(s); allowed: epochs > {need}, or "
+                              f"window < {epochs} (e.g. recipe='paper_resnet50', w = 1), or variant='none' for the base alone")
     def training_step(self, batch, progress):
+        if self._epochs_checked != progress.epochs:      # the epochs are first known here (the trainer's Progress)
+            self.check_epochs(progress.epochs); self._epochs_checked = progress.epochs
         index, views = batch['index'], list(batch['views'])
         j, swap = self._partners(index)
         if swap: views[1] = self._partner_view(j, index, views[1])
@@ -243,15 +271,15 @@ class AdaSim(Method):
         return StepOutput(out.loss, out.terms, stats)
     @torch.no_grad()
     def _stats(self, j, index, labels, f):
-        s = {'bootstrap/ratio': (j != index).float().mean()}
+        s = {'bootstrap/ratio': (j != index).float().mean(), 'released/nn_ratio_self': (j == index).float().mean()}
         s.setdefault('z/std', f.std(0).mean())
         y = None if self._data is None else self._data.train_y
         if y is not None: s['nn/acc'] = (y[j.to(y.device)].to(labels.device) == labels).float().mean()
         if self.cache.filled >= 1:
             top_i, _ = self.cache.windowed(index)
             s['nn/self_top1'] = (top_i[:, 0] == index).float().mean()
-            if y is not None:
-                j2, has = first_other(top_i, index)
+            if y is not None:                   # the paper's 2-NN: argmax of p_win over j ≠ j*
+                j2, has = first_other(top_i, j)
                 hit = (y[j2.clamp_min(0).to(y.device)].to(labels.device) == labels) & has
                 s['nn/acc2'] = hit.float().sum() / has.float().sum().clamp_min(1)
         return s
@@ -260,7 +288,20 @@ class AdaSim(Method):
         self.base.after_step(progress)
         f, index = self._pending
         self.cache.update(f, index)
+    @torch.no_grad()
+    def released_stats(self):
+        """The released log's epoch-end figures from the epoch table (rows visited at least once): label agreement and
+        self-hit of its 1st and 2nd entries (`nn_accuracy_top1/2`, `nn_self_accuracy_top1/2`)."""
+        t, out = self.cache.table_idx.long(), {}
+        rows = torch.arange(t.shape[0], device=t.device)
+        y = None if self._data is None else self._data.train_y.to(t.device)
+        for c, name in ((0, 'top1'), (1, 'top2'))[:t.shape[1]]:
+            col = t[:, c]; ok = col >= 0; n_ok = ok.sum().clamp_min(1)
+            out[f'released/nn_self_accuracy_{name}'] = ((col == rows) & ok).sum() / n_ok
+            if y is not None: out[f'released/nn_accuracy_{name}'] = ((y[col.clamp_min(0)] == y) & ok).sum() / n_ok
+        return out
     def on_epoch_end(self, progress):
         out = self.base.on_epoch_end(progress)
+        rel = self.released_stats()
         self.cache.end_epoch()
-        return {**out, 'bootstrap/epochs_stored': self.cache.filled}
+        return {**out, **rel, 'bootstrap/epochs_stored': self.cache.filled}

@@ -119,7 +119,9 @@ class All4One(Method):
     presets = {
         'cifar': dict(train=dict(dataset='cifar10', backbone='resnet18', epochs=1000, batch_size=256, optimizer='lars',
                                  lr=1.0, weight_decay=1e-5, warmup_epochs=10), method=dict()),
-        'imagenet': dict(train=dict(dataset='folder', image_size=224, backbone='resnet50', epochs=100, batch_size=512,
+        'cifar100': dict(train=dict(dataset='cifar100', backbone='resnet18', epochs=1000, batch_size=256, optimizer='lars',
+                                    lr=1.0, weight_decay=1e-5, warmup_epochs=10), method=dict()),
+        'imagenet': dict(train=dict(dataset='folder', image_size=224, backbone='resnet50', epochs=100, batch_size=1024,
                                     optimizer='lars', lr=1.5, weight_decay=1e-5, warmup_epochs=10),
                          method=dict(augment='byol')),
         'small': dict(train=dict(backbone='convnet', epochs=20, batch_size=64, optimizer='lars', lr=1.0,

@@ -38,7 +38,7 @@ def jcl_loss(q, keys, negatives, tau=0.2, lam=2.0):
 
 # %% ../../nbs/15_methods.jcl.ipynb #a4772080
 MOMENTUM_SCHEDULES = ('constant', 'cosine')
-AUGMENTS = ('mocov2',) + tuple(RECIPES)
+AUGMENTS = tuple(RECIPES)            # 'mocov2' (the default) is MoCo v2's recipe, shared with SimSiam's ImageNet preset
 
 @dataclass
 class JCLConfig(Config):
@@ -95,9 +95,6 @@ class JCL(Method):
         self.queue = Queue(c.queue_size, c.proj_dim, batch_size, normalize=c.normalize_queue)
     def view_specs(self, image_size):
         c = self.cfg
-        if c.augment == 'mocov2':
-            spec = ViewSpec(image_size, scale=(0.2, 1.0), saturation=0.4, blur_p=0.5 if image_size >= 64 else 0.0)
-            return [replace(spec) for _ in range(c.n_keys + 1)]
         return view_specs(c.augment, image_size, n_global=c.n_keys + 1)
     @property
     def teacher_views(self): return self.cfg.n_keys

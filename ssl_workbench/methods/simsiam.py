@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from ..core import Config, Method, StepOutput, check_range, check_choice, l2n, split_decay
 from ..blocks import mlp
+from ..backbones import zero_init_residual_
 
 # %% auto #0
 __all__ = ['simsiam_loss', 'SimSiamConfig', 'SimSiam']
@@ -26,11 +27,14 @@ class SimSiamConfig(Config):
     proj_hidden: int = 2048
     proj_dim: int = 2048
     pred_hidden: int = 512
+    proj_layers: int = 3
     fix_pred_lr: bool = True
+    zero_init_residual: bool = False
     augment: str = 'cifar'
     def validate(self):
         from ssl_workbench.augment import RECIPES
         for k in ('proj_hidden', 'proj_dim', 'pred_hidden'): check_range(k, getattr(self, k), 1)
+        check_range('proj_layers', self.proj_layers, 2, 3)
         check_choice('augment', self.augment, RECIPES)
 
 class SimSiam(Method):
@@ -39,17 +43,18 @@ class SimSiam(Method):
     presets = {
         'imagenet': dict(train=dict(dataset='folder', image_size=224, backbone='resnet50', epochs=100, batch_size=512,
                                     optimizer='sgd', lr=0.05, weight_decay=1e-4, warmup_epochs=0),
-                         method=dict(augment='byol')),
+                         method=dict(augment='mocov2', zero_init_residual=True)),
         'cifar': dict(train=dict(dataset='cifar10', backbone='resnet18', epochs=800, batch_size=512, optimizer='sgd',
                                  lr=0.03, weight_decay=5e-4, warmup_epochs=0),
-                      method=dict(augment='cifar')),
+                      method=dict(augment='cifar', proj_layers=2)),
         'small': dict(train=dict(backbone='convnet', epochs=20, batch_size=128, optimizer='sgd', lr=0.1,
                                  weight_decay=5e-4, warmup_epochs=1),
                       method=dict(proj_hidden=512, proj_dim=512, pred_hidden=128, augment='cifar'))}
     def __init__(self, cfg, backbone, batch_size=256, n_train=None):
         super().__init__(cfg, backbone, batch_size, n_train)
         c = cfg
-        self.projector = mlp([backbone.feat_dim, c.proj_hidden, c.proj_hidden, c.proj_dim], last_bn=True, last_affine=False)
+        if c.zero_init_residual: zero_init_residual_(backbone)
+        self.projector = mlp([backbone.feat_dim] + [c.proj_hidden] * (c.proj_layers - 1) + [c.proj_dim], last_bn=True, last_affine=False)
         self.predictor = mlp([c.proj_dim, c.pred_hidden, c.proj_dim])
     def training_step(self, batch, progress):
         v1, v2 = batch['views'][:2]
