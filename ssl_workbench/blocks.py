@@ -12,9 +12,9 @@ from .core import ConfigError, l2n
 from .comm import all_gather_cat, gather_with_grad, rank, world_size, all_reduce_mean_
 
 # %% auto #0
-__all__ = ['mlp', 'make_teacher', 'ema_update_', 'cosine_momentum', 'Queue', 'embedding_std', 'nn_stats', 'CosinePrototypes',
-           'nnclr_loss', 'soft_ce', 'warmup_cosine', 'LARS', 'count_ids', 'ClusterSizeTracker', 'SplitBatchNorm',
-           'split_batchnorm_']
+__all__ = ['mlp', 'make_teacher', 'ema_update_', 'cosine_momentum', 'similarity', 'Queue', 'embedding_std', 'nn_stats',
+           'CosinePrototypes', 'nnclr_loss', 'soft_ce', 'warmup_cosine', 'LARS', 'count_ids', 'ClusterSizeTracker',
+           'SplitBatchNorm', 'split_batchnorm_']
 
 # %% ../nbs/04_blocks.ipynb #d4065b74
 def mlp(dims, bn=True, last_bn=False, last_affine=True, act=nn.ReLU):
@@ -46,6 +46,14 @@ def cosine_momentum(base, step, total_steps):
     "EMA momentum rising from `base` to 1 on a cosine over `total_steps`."
     return 1 - (1 - base) * (math.cos(math.pi * min(step, total_steps) / max(1, total_steps)) + 1) / 2
 
+# %% ../nbs/04_blocks.ipynb #7df46b05
+def similarity(a, b, cosine=True):
+    "`a @ b.T` (of L2-normalised rows if `cosine`) in at least float32, also under autocast."
+    dt = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    with torch.autocast(a.device.type, enabled=False):
+        a, b = a.to(dt), b.to(dt)
+        return l2n(a) @ l2n(b).T if cosine else a @ b.T
+
 # %% ../nbs/04_blocks.ipynb #8c98c91d
 class Queue(nn.Module):
     "FIFO support set of unit embeddings + labels + dataset indices (labels/indices for monitoring only)."
@@ -66,7 +74,7 @@ class Queue(nn.Module):
     @torch.no_grad()
     def topk(self, q, k=1):
         "Top-`k` entries by cosine similarity to `q`: (similarities, embeddings, labels, indices), sorted."
-        sim, idx = (l2n(q).to(self.emb.dtype) @ self.emb.T).topk(k, dim=1)
+        sim, idx = similarity(l2n(q.float()), self.emb, cosine=False).topk(k, dim=1)
         return sim, self.emb[idx], self.labels[idx], self.index[idx]
     @torch.no_grad()
     def push(self, emb, labels=None, index=None):
@@ -98,14 +106,12 @@ class CosinePrototypes(nn.Module):
         self.weight = nn.Parameter(torch.randn(k, dim) / math.sqrt(dim))
     def forward(self, x, detach_weight=False):
         w = self.weight.detach() if detach_weight else self.weight
-        dt = torch.promote_types(torch.promote_types(x.dtype, w.dtype), torch.float32)
-        with torch.autocast(x.device.type, enabled=False):
-            return l2n(x.to(dt)) @ l2n(w.to(dt)).T
+        return similarity(x, w)
 
 # %% ../nbs/04_blocks.ipynb #93d7e9ca
 def nnclr_loss(a, b, tau=0.2):
     "InfoNCE of row i of `a` against row i of `b` with the other rows of `b` as negatives (in a multi-process run: of the global batch)."
-    logits = l2n(a) @ l2n(gather_with_grad(b)).T / tau
+    logits = similarity(a, gather_with_grad(b)) / tau
     return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device) + rank() * a.shape[0])
 
 def soft_ce(target_probs, student_logits):

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from ..core import Config, Method, StepOutput, check_range, check_choice, l2n
-from ..blocks import mlp, embedding_std
-from ..comm import gather_with_grad, rank
+from ..blocks import mlp, embedding_std, similarity
+from ..distributed import gather_with_grad, rank
 from ..augment import RECIPES
 
 # %% auto #0
@@ -19,12 +19,11 @@ __all__ = ['simclr_loss', 'SimCLRConfig', 'SimCLR']
 def simclr_loss(z1, z2, tau=0.2):
     """NT-Xent over the 2B views of `z1`, `z2` (B×D each); returns (loss, fraction of views whose nearest other view is the partner).
     In a multi-process run the keys are the 2B views of the global batch; these rows are the queries."""
-    q = l2n(torch.cat([z1, z2]).float())
     g1, g2 = gather_with_grad(z1), gather_with_grad(z2)
-    k = l2n(torch.cat([g1, g2]).float())
     b, B = z1.shape[0], g1.shape[0]
+    q, k = torch.cat([z1, z2]), torch.cat([g1, g2])
     own = torch.arange(b, device=q.device) + rank() * b             # these rows' positions among the global views
-    logits = (q @ k.T / tau).index_put_((torch.arange(2 * b, device=q.device), torch.cat([own, own + B])),
+    logits = (similarity(q, k) / tau).index_put_((torch.arange(2 * b, device=q.device), torch.cat([own, own + B])),
                                         torch.tensor(float('-inf'), device=q.device))
     target = torch.cat([own + B, own])
     return F.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean().detach()
