@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from ..core import Config, Method, StepOutput, check_range, check_choice, l2n
 from ..blocks import mlp, embedding_std, similarity
-from ..distributed import gather_with_grad, rank
+from ..comm import gather_with_grad, rank
 from ..augment import RECIPES
 
 # %% auto #0
