@@ -23,21 +23,23 @@ def method_features(method, x_uint8, normalize, amp_dtype=None, encoder=None):
     method.train(was)
     return f
 
-def evaluate(method, data, view_maker, cfg, amp_dtype=None):
-    "kNN top-1 accuracy of each backbone in `method.eval_backbones()`: `knn/top1`, and e.g. `knn/student_top1`."
+def evaluate(method, data, view_maker, cfg, amp_dtype=None, online=None):
+    """kNN top-1 accuracy of each backbone in `method.eval_backbones()`: `knn/top1`, and e.g. `knn/student_top1`;
+    with an `OnlineClassifier`, its test top-1 on the features of the backbone it reads (`online/top1`)."""
     out = {}
     for name, enc in method.eval_backbones().items():
         tr, te = (method_features(method, x, view_maker.normalize, amp_dtype, enc) for x in (data.train_x, data.test_x))
         out[f"knn/{name + '_' if name else ''}top1"] = knn_accuracy(tr, data.train_y.to(tr.device), te, data.test_y.to(tr.device),
                                                                    cfg.knn_k, cfg.knn_t)
+        if online is not None and enc is online.backbone: out['online/top1'] = online.top1(te, data.test_y)
     return out
 
 # %% ../nbs/06c_evaluate.ipynb #1b418356
-def distributed_evaluate(method, data, view_maker, cfg, amp_dtype=None):
+def distributed_evaluate(method, data, view_maker, cfg, amp_dtype=None, online=None):
     """kNN top-1 like `evaluate`, with feature extraction split over processes: each embeds a
     contiguous shard of the train and test images, the features are all-gathered, and every process scores the kNN
     classifier on the full sets (so every process logs the same numbers)."""
-    if not is_dist(): return evaluate(method, data, view_maker, cfg, amp_dtype)
+    if not is_dist(): return evaluate(method, data, view_maker, cfg, amp_dtype, online)
     W, r = world_size(), rank()
     def feats(x, enc):
         n = len(x); per = math.ceil(n / W)
@@ -51,4 +53,5 @@ def distributed_evaluate(method, data, view_maker, cfg, amp_dtype=None):
         tr, te = feats(data.train_x, enc), feats(data.test_x, enc)
         out[f"knn/{name + '_' if name else ''}top1"] = knn_accuracy(tr, data.train_y.to(tr.device), te, data.test_y.to(tr.device),
                                                                    cfg.knn_k, cfg.knn_t)
+        if online is not None and enc is online.backbone: out['online/top1'] = online.top1(te, data.test_y)
     return out

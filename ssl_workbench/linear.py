@@ -16,7 +16,7 @@ from .metrics import extract_features
 
 # %% auto #0
 __all__ = ['LinearEvalConfig', 'linear_head', 'topk_accuracy', 'linear_eval', 'load_backbone', 'linear_eval_run',
-           'OnlineClassifier']
+           'online_backbone', 'OnlineClassifier']
 
 # %% ../nbs/05c_linear.ipynb #ca7d64a6
 @dataclass
@@ -75,7 +75,8 @@ def linear_eval(backbone, data, cfg: LinearEvalConfig | None = None, device=None
         test_f = extract_features(lambda x: feats(x, False), data.test_x, lambda x: x, device=device)
         train_f = None if cfg.augment else extract_features(lambda x: feats(x, False), data.train_x, lambda x: x, device=device)
         C = int(max(data.train_y.max(), data.test_y.max())) + 1
-        head = linear_head(test_f.shape[1], C, cfg.feature_bn).to(device)
+        with torch.random.fork_rng(devices=[]):                 # the same seed, the same classifier: reproducible
+            torch.manual_seed(cfg.seed); head = linear_head(test_f.shape[1], C, cfg.feature_bn).to(device)
         opt = torch.optim.SGD(head.parameters(), lr=cfg.lr * B / 256, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         spe = n // B
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / (cfg.epochs * spe))))
@@ -140,6 +141,11 @@ def linear_eval_run(run, data=None, device=None, **kw) -> dict:
     return linear_eval(bb, data, device=device, **kw)
 
 # %% ../nbs/05c_linear.ipynb #8dbbcc3e
+def online_backbone(method):
+    "The backbone the online classifier reads: the student's (online) backbone, also for methods evaluated on a teacher."
+    eb = method.eval_backbones()
+    return eb.get('student', eb[''])
+
 class OnlineClassifier(nn.Module):
     "solo-learn's online linear classifier on the detached features of `backbone`, trained by its own optimiser."
     def __init__(self, backbone, num_classes, lr=0.1, momentum=0.9, total_steps=1):
@@ -147,7 +153,9 @@ class OnlineClassifier(nn.Module):
         self.fc = nn.Linear(backbone.feat_dim, num_classes).to(next(backbone.parameters()).device)
         self.opt = torch.optim.SGD(self.fc.parameters(), lr=lr, momentum=momentum)
         self.base_lr, self.total_steps, self._feats, self._armed = lr, max(1, total_steps), None, False
-        self._hook = backbone.register_forward_hook(self._grab)
+        self._hook, self._backbone = backbone.register_forward_hook(self._grab), (backbone,)   # a reference, not a submodule
+    @property
+    def backbone(self): return self._backbone[0]
     def _grab(self, module, inputs, output):
         if self._armed: self._feats, self._armed = output, False
     def arm(self): self._feats, self._armed = None, True

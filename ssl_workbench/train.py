@@ -13,7 +13,7 @@ from tqdm.std import tqdm
 try: from fastcore.imports import IN_NOTEBOOK
 except ImportError: IN_NOTEBOOK = False
 from .core import (Config, ConfigError, Progress, check_choice, check_range, check_type, check_types, get_device,
-                                seed_everything, get_method_class, method_ref)
+                                seed_everything, get_method_class, method_ref, METHOD_NAMES)
 from .data import load_dataset, place, check_image_data, DATASETS, ImageData, memory_budget_bytes
 from .augment import ViewMaker
 from .backbones import make_backbone, BACKBONES
@@ -25,14 +25,16 @@ from .guard import DivergenceError, NonFiniteLossError, NumericGuard, Interrupts
 from .rundir import (Run, CheckpointError, save_checkpoint, load_checkpoint, check_writable, check_run_dir,
                                   claim_run_dir, release_run_dir)
 from .evaluate import method_features, evaluate, distributed_evaluate
+from .linear import OnlineClassifier, online_backbone
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'PRECISIONS', 'RESUME_KEYS', 'TrainConfig', 'resolve_configs', 'build_optimizer', 'set_schedule',
-           'resolve_run', 'compile_backbones_', 'build_model', 'build_run', 'make_batch', 'train_step', 'train']
+           'resolve_run', 'compile_backbones_', 'autocast_dtype', 'build_model', 'build_run', 'make_batch',
+           'train_step', 'train']
 
 # %% ../nbs/06_train.ipynb #d81ed65f
 OPTIMIZERS = ('lars', 'sgd', 'adamw')
-PRECISIONS = ('auto', 'fp32', 'bf16')
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 
 @dataclass
 class TrainConfig(Config):
@@ -60,6 +62,7 @@ class TrainConfig(Config):
     device: str = 'auto'
     precision: str = 'auto'
     compile_backbone: bool = False
+    online_eval: bool = True
     seed: int = 0
     eval_every: int = 1
     eval_at_start: bool = True
@@ -141,17 +144,28 @@ def _last_good(ck_file, saved, run_dir):
 RESUME_KEYS = ('device', 'progress', 'log_every', 'memory_budget')
 
 def _resume_method(conf, method):
-    "The method class of a checkpointed run: `method` if given (it must carry the run's name), else by its stored reference."
+    """The method class of a checkpointed run: `method` if the caller passes it (it must carry the run's name), else a
+    built-in method by its name. A module path stored in a run is never imported: a run directory is data."""
+    name = conf.get('method')
     if method is not None:
         M = get_method_class(method)
-        if M.name != conf['method']:
-            raise ConfigError(f"this run was trained with method {conf['method']!r}, not {M.name!r}; pass the same method or none")
+        if M.name != name:
+            raise ConfigError(f"this run was trained with method {name!r}, not {M.name!r}; pass the same method or none")
         return M
-    ref = conf.get('method_class', conf['method'])
-    try: return get_method_class(ref)
-    except ConfigError as e:
-        raise ConfigError(f"this run's method class {ref!r} cannot be imported here; pass it: "
-                          f"train(resume=..., method={ref.rpartition(':')[2] or ref})") from e
+    if isinstance(name, str) and name in METHOD_NAMES: return get_method_class(name)
+    ref = conf.get('method_class')
+    raise ConfigError(f"this run was trained with method {name!r} ({ref!r}), which is not built in. A run directory is data: "
+                      f"the module it names is not imported. Pass the class: train(resume=..., method=YourMethod) "
+                      f"(built in: {list(METHOD_NAMES)})")
+
+def _checkpoint_run_dir(ck_path):
+    "The run directory a checkpoint belongs to (`<run>/checkpoints/<file>`); resume writes only there."
+    run_dir = ck_path.parent.parent
+    if ck_path.parent.name != 'checkpoints' or not (run_dir / 'config.json').is_file():
+        raise ConfigError(f"{ck_path} is not inside a run directory's checkpoints/ folder, and resume writes only into the "
+                          f"checkpoint's own run. Resume the run directory it came from, or copy it to "
+                          f"<run dir>/checkpoints/last.pt of a copy of that run directory and resume that folder")
+    return run_dir
 
 def resolve_run(method=None, dataset=None, epochs=None, preset='small', resume=None, overrides=None):
     "(method class, preset, train config, method config, run dir, checkpoint or None) for a new or resumed run."
@@ -160,13 +174,14 @@ def resolve_run(method=None, dataset=None, epochs=None, preset='small', resume=N
         ck_path = Path(resume).expanduser()
         if ck_path.is_dir(): ck_path = ck_path / 'checkpoints' / 'last.pt'
         if not ck_path.exists(): raise FileNotFoundError(f"no checkpoint at {ck_path}; pass the run directory of an earlier run")
+        run_dir = _checkpoint_run_dir(ck_path)
         ck = load_checkpoint(ck_path)
         conf = json.loads(ck['config_json'])
         bad = sorted(set(overrides) - set(RESUME_KEYS)) + (['dataset'] if dataset else []) + (['epochs'] if epochs else [])
         if bad: raise ConfigError(f"{bad} cannot change on resume; allowed on resume: {sorted(RESUME_KEYS)}")
         M = _resume_method(conf, method)
         tcfg = TrainConfig.from_dict({**conf['train'], **overrides})
-        return M, conf['preset'], tcfg, M.config_class.from_dict(conf['method_config']), ck_path.parent.parent, ck
+        return M, conf['preset'], tcfg, M.config_class.from_dict(conf['method_config']), run_dir, ck
     M = get_method_class('nnclr' if method is None else method)
     if dataset is not None: overrides['dataset'] = dataset
     if epochs is not None: overrides['epochs'] = epochs
@@ -183,6 +198,10 @@ def compile_backbones_(method):
         if isinstance(m, nn.Module): m.compile()
     return method
 
+def autocast_dtype(precision, device):
+    "The autocast dtype of `precision` on `device`: bf16 ('auto' on CUDA, 'bf16'), fp16 ('fp16'), or None (float32)."
+    return {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': None}.get(precision, torch.bfloat16 if device.type == 'cuda' else None)
+
 def build_model(M, tcfg, mcfg, image_size, n_train, device, mean=(0.5,) * 3, std=(0.25,) * 3, channels_last=None):
     """The method as the trainer builds it, on `device`: (model, view maker, optimiser, autocast dtype or None). SyncBN
     in a multi-process run, channels-last on CUDA (or as `channels_last` says), `compile_backbone`; `build_run` and
@@ -193,7 +212,7 @@ def build_model(M, tcfg, mcfg, image_size, n_train, device, mean=(0.5,) * 3, std
     if tcfg.compile_backbone: compile_backbones_(model)
     vm = ViewMaker(model.view_specs(image_size), mean, std)
     opt = build_optimizer(model.param_groups(tcfg.weight_decay), tcfg)
-    amp = torch.bfloat16 if (tcfg.precision == 'bf16' or (tcfg.precision == 'auto' and device.type == 'cuda')) else None
+    amp = autocast_dtype(tcfg.precision, device)
     return model, vm, opt, amp
 
 def build_run(M, preset, tcfg, mcfg, run_dir, data=None):
@@ -220,6 +239,8 @@ def build_run(M, preset, tcfg, mcfg, run_dir, data=None):
                                                   classes=list(map(str, data.classes))))
     run = Run(run_dir, model, M.name, config, data, vm)
     run.optimizer, run.device, run.amp = opt, device, amp
+    run.scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    run.online = OnlineClassifier(online_backbone(model), data.num_classes, total_steps=tcfg.epochs * (n // B)) if tcfg.online_eval else None
     return run
 
 def make_batch(data, idx, view_maker, gen, device):
@@ -230,9 +251,10 @@ def make_batch(data, idx, view_maker, gen, device):
     if device.type == 'cuda': views = [v.contiguous(memory_format=torch.channels_last) for v in views]
     return dict(views=views, index=idx.to(device), labels=data.train_y[idx].to(device), images=x)
 
-def train_step(model, opt, batch, prog, tcfg, amp=None, clock=None, guard=None):
+def train_step(model, opt, batch, prog, tcfg, amp=None, clock=None, guard=None, scaler=None):
     """One optimisation step, with no host–device synchronisation: `guard` (a `NumericGuard`) records a non-finite loss
-    or non-finite gradients on the device; the trainer reads the record at log boundaries and before checkpoints."""
+    or non-finite gradients on the device; the trainer reads the record at log boundaries and before checkpoints.
+    `scaler` (fp16): loss scaling; a step whose scaled gradients overflow is skipped by the scaler, not a divergence."""
     clock = clock or (lambda phase: None)
     set_schedule(opt, tcfg, prog)
     with torch.autocast(batch['images'].device.type, dtype=amp, enabled=amp is not None):
@@ -240,11 +262,13 @@ def train_step(model, opt, batch, prog, tcfg, amp=None, clock=None, guard=None):
     clock('forward')
     if guard is not None: guard.after_forward(out.loss, out.terms, prog.step, prog.epoch)
     opt.zero_grad(set_to_none=True)
-    out.loss.backward()
-    if guard is not None: guard.after_backward(prog.step)
+    (out.loss if scaler is None else scaler.scale(out.loss)).backward()
+    if scaler is not None: scaler.unscale_(opt)
+    elif guard is not None: guard.after_backward(prog.step)
     if tcfg.grad_clip: nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
     clock('backward')
-    opt.step()
+    if scaler is None: opt.step()
+    else: scaler.step(opt); scaler.update()
     model.after_step(prog)
     clock('optimizer')
     return out
@@ -265,7 +289,10 @@ def _load_state(run, ck, ck_file):
     was, now = json.loads(ck['config_json']).get('data', {}), run.config['data']
     diff = [f"{k} {was[k]!r} then, {now[k]!r} now" for k in ('n_train', 'n_test', 'image_size', 'classes') if k in was and was[k] != now[k]]
     if diff: raise ConfigError(f"the data is not the data this run was trained on ({'; '.join(diff)}); resume with the same data")
-    try: run.method.load_state_dict(ck['method']); run.optimizer.load_state_dict(ck['optimizer'])
+    try:
+        run.method.load_state_dict(ck['method']); run.optimizer.load_state_dict(ck['optimizer'])
+        if run.scaler is not None and 'scaler' in ck: run.scaler.load_state_dict(ck['scaler'])
+        if run.online is not None and 'online' in ck: run.online.load_state_dict(ck['online'])
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint {ck_file} does not fit this {run.method_name} run: {' '.join(str(e).split())[:400]}") from None
 
@@ -294,6 +321,7 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
         if ck is None and is_main(): release_run_dir(run_dir, created)
         raise
     model, opt, data, vm, device, amp = run.method, run.optimizer, run.data, run.view_maker, run.device, run.amp
+    scaler, online = run.scaler, run.online
     if is_main(): (run_dir / 'config.json').write_text(json.dumps(run.config, indent=1))
     gen = torch.Generator(device=device); gen.manual_seed(tcfg.seed)
     n, B = data.n_train, tcfg.batch_size
@@ -324,7 +352,8 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
         "Write the checkpoint, after the guard has checked the steps since its last look."
         nonlocal saved
         guard.check(prog.step)
-        extra = rank_rng_states()
+        extra = {**rank_rng_states(), **({'scaler': run.scaler.state_dict()} if run.scaler else {}),
+                 **({'online': run.online.state_dict()} if run.online else {})}
         try:
             if is_main(): save_checkpoint(ck_file, run, opt, gen, epoch, it, prog.step, partial, extra)
         except CheckpointError as e:
@@ -337,7 +366,7 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
         if getattr(run, '_stop_signal', None) == 'SIGTERM': raise SystemExit(128 + signal.SIGTERM)
         return run
     if ck is None and tcfg.eval_at_start and tcfg.eval_every:
-        record({'kind': 'epoch', 'epoch': 0, 'step': 0, **_evaluate(model, data, vm, tcfg, amp)})
+        record({'kind': 'epoch', 'epoch': 0, 'step': 0, **_evaluate(model, data, vm, tcfg, amp, online)})
     bar = tqdm(total=prog.total_steps, initial=prog.step, disable=not tcfg.progress or not is_main(), mininterval=1.0, desc=M.name)
     _call(callbacks, 'on_train_start', run)
     model.train()
@@ -353,8 +382,10 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
                 t_ep = t_win = time.time()
                 for it in range(start_it if epoch == start_epoch else 0, spe):
                     batch = make_batch(data, *rank_slice(perm[it * B:(it + 1) * B], vm), gen, device)
-                    out = train_step(step_model, opt, batch, prog, tcfg, amp, guard=guard)
-                    for k, v in {'loss/total': out.loss.detach(), **out.terms, **out.stats}.items():
+                    if online is not None: online.arm()
+                    out = train_step(step_model, opt, batch, prog, tcfg, amp, guard=guard, scaler=scaler)
+                    extra = online.step(batch['labels'], prog.step) if online is not None else {}
+                    for k, v in {'loss/total': out.loss.detach(), **out.terms, **out.stats, **extra}.items():
                         v = v.detach() if torch.is_tensor(v) else v
                         window[k] = window.get(k, 0) + v; ep_sums[k] = ep_sums.get(k, 0) + v
                     ep_count += 1; n_win += 1; prog.step += 1; bar.update(1)
@@ -371,7 +402,7 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
                 r = {'kind': 'epoch', 'epoch': epoch + 1, 'step': prog.step, **{k: _to_float(v) / max(1, ep_count) for k, v in mean_over_ranks(ep_sums).items()},
                      'time/epoch_s': time.time() - t_ep, **{k: (v.tolist() if torch.is_tensor(v) else v) for k, v in model.on_epoch_end(prog).items()}}
                 if tcfg.eval_every and ((epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs):
-                    r.update(_evaluate(model, data, vm, tcfg, amp))
+                    r.update(_evaluate(model, data, vm, tcfg, amp, online))
                 record(r)
                 checkpoint(epoch + 1, 0)
                 _call(callbacks, 'on_epoch_end', run, r)

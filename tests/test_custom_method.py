@@ -38,7 +38,7 @@ def test_custom_method_trains_resumes_and_benchmarks(tmp_path, digits):
     assert (tmp_path / 'a' / 'report.html').exists() and 'knn/top1' in straight.history[-1]
     cut = train(Tiny, data=digits, run_dir=tmp_path / 'b', stop_after_epochs=1, **TINY)
     assert cut.status == 'interrupted'
-    with pytest.raises(ConfigError, match=r'cannot be imported here.*method=.*Tiny'):
+    with pytest.raises(ConfigError, match=r'not built in.*run directory is data.*method=YourMethod'):
         train(resume=tmp_path / 'b', data=digits)
     with pytest.raises(ConfigError, match="trained with method 'tiny', not 'nnclr'"):
         train(resume=tmp_path / 'b', method='nnclr', data=digits)
