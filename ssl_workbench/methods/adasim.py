@@ -4,7 +4,7 @@
 
 # %% ../../nbs/17_methods.adasim.ipynb #509719a7
 from __future__ import annotations
-import os
+import os, warnings
 from dataclasses import dataclass
 import torch
 import torch.nn as nn
@@ -243,17 +243,20 @@ class AdaSim(Method):
             vp = self._vm.apply(xp, self._vm.specs[1], self._gen, n_draw=len(j) * world_size(), rows=local_rows(len(j)))
         out = torch.where((j != index).view(-1, 1, 1, 1), vp.to(view.dtype), view)
         return out.contiguous(memory_format=torch.channels_last) if view.device.type == 'cuda' else out
-    def check_epochs(self, epochs):
-        "ConfigError if a run of `epochs` epochs would never bootstrap (AdaSim: w epochs must be stored first; +NN: one)."
+    def never_bootstraps(self, epochs):
+        "Why a run of `epochs` epochs would never bootstrap (AdaSim: w epochs must be stored first; +NN: one), or None."
         c = self.cfg
         need = {'adasim': c.window if c.tau > 0 else 0, 'nn': 1, 'none': 0}[c.variant]
         if need and epochs <= need:
-            raise ConfigError(f"variant={c.variant!r} with window={c.window} never bootstraps in a run of epochs={epochs}: "
-                              f"pairs from other images start after {need} stored epoch(s); allowed: epochs > {need}, or "
-                              f"window < {epochs} (e.g. recipe='paper_resnet50', w = 1), or variant='none' for the base alone")
+            return (f"AdaSim variant={c.variant!r} with window={c.window} never bootstraps in a run of epochs={epochs}: pairs "
+                    f"from other images start after {need} stored epoch(s), so this run trains the base ({c.base}) alone. "
+                    f"Use epochs > {need}, or window < {epochs} (e.g. recipe='paper_resnet50', w = 1), or variant='none' "
+                    f"to say so")
     def training_step(self, batch, progress):
         if self._epochs_checked != progress.epochs:      # the epochs are first known here (the trainer's Progress)
-            self.check_epochs(progress.epochs); self._epochs_checked = progress.epochs
+            msg = self.never_bootstraps(progress.epochs)
+            if msg: warnings.warn(msg, UserWarning, stacklevel=2)
+            self._epochs_checked = progress.epochs
         index, views = batch['index'], list(batch['views'])
         j, swap = self._partners(index)
         if swap: views[1] = self._partner_view(j, index, views[1])
