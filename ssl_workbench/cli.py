@@ -52,9 +52,10 @@ def load_run(run_dir, device='auto', data=None):
     run.history, run.status = json.loads(ck['history_json']), 'loaded'
     return run
 
-def linear_eval(run, **kw) -> float:
-    "Top-1 (%) of a linear classifier on the frozen backbone features of `run` (train → test)."
-    return run.linear_probe(**kw)
+def linear_eval(run, **kw) -> dict:
+    "The offline linear evaluation (`ssl_workbench.linear`, in torch on the run's device) of `run`'s evaluated backbone."
+    from ssl_workbench.linear import linear_eval_run
+    return linear_eval_run(run, amp_dtype=run.amp, **kw)
 
 def eval_command(args) -> dict:
     "`ssl-workbench eval RUN_DIR [--linear]`: the kNN top-1 of the run's backbones (and a linear evaluation), printed as JSON."
@@ -62,7 +63,7 @@ def eval_command(args) -> dict:
     cfg = run.config['train']
     knn = argparse.Namespace(knn_k=args.knn_k or cfg['knn_k'], knn_t=args.knn_t or cfg['knn_t'])
     out = evaluate(run.method, run.data, run.view_maker, knn, run.amp)
-    if args.linear: out['linear/top1'] = linear_eval(run)
+    if args.linear: out.update(linear_eval(run, epochs=args.linear_epochs, augment=not args.linear_no_augment))
     print(json.dumps(dict(run=str(run.run_dir), epoch=run.last('epoch'), **out)), flush=True)
     return out
 
@@ -99,7 +100,9 @@ def _parser():
     sub.add_parser('bench', add_help=False, help='benchmarks: step, augment, peer (ssl-workbench bench --help)')
     e = sub.add_parser('eval', help='kNN (and --linear) top-1 of a run directory')
     e.add_argument('run_dir', help='a run directory (runs/<run>) or its checkpoint')
-    e.add_argument('--linear', action='store_true', help='also a linear evaluation on frozen features')
+    e.add_argument('--linear', action='store_true', help='also the offline linear evaluation (frozen backbone, SGD, in torch)')
+    e.add_argument('--linear-epochs', type=int, default=100, help='epochs of the linear evaluation (the standard recipe: 100)')
+    e.add_argument('--linear-no-augment', action='store_true', help='train on un-augmented features computed once (fast, a few points lower)')
     e.add_argument('--device', default='auto')
     e.add_argument('--knn-k', type=int, default=None, help="default: the run's knn_k")
     e.add_argument('--knn-t', type=float, default=None, help="default: the run's knn_t")

@@ -128,7 +128,8 @@ def linear_eval_run(run, data=None, device=None, **kw) -> dict:
     if hasattr(run, 'method') and hasattr(run, 'data'):
         bb = run.method.eval_backbones()['']
         device = device or next(bb.parameters()).device
-        return linear_eval(bb, data if data is not None else run.data, device=device, **kw)
+        data = data if data is not None else run.data
+        return linear_eval(bb, data, device=device, **{'batch_size': min(256, len(data.train_y)), **kw})
     run_dir = Path(run)
     device = get_device(device) if isinstance(device, (str, type(None))) else device
     bb = load_backbone(run_dir, device)
@@ -138,7 +139,7 @@ def linear_eval_run(run, data=None, device=None, **kw) -> dict:
         keys = ('dataset', 'data_path', 'train_per_class', 'test_per_class', 'image_size')
         data = load_dataset(t.get('dataset'), path=t.get('data_path'), train_per_class=t.get('train_per_class'),
                             test_per_class=t.get('test_per_class'), image_size=t.get('image_size'))
-    return linear_eval(bb, data, device=device, **kw)
+    return linear_eval(bb, data, device=device, **{'batch_size': min(256, len(data.train_y)), **kw})
 
 # %% ../nbs/05c_linear.ipynb #8dbbcc3e
 def online_backbone(method):

@@ -7,13 +7,13 @@ from __future__ import annotations
 import itertools, json, os, threading, zipfile
 from pathlib import Path
 import torch
-from .core import ConfigError
+from .core import ConfigError, METHOD_NAMES, get_method_class
 from .guard import DivergenceError, first_nonfinite
 from .evaluate import method_features
 
 # %% auto #0
 __all__ = ['CHECKPOINT_KEYS', 'RUN_FILES', 'CheckpointError', 'Run', 'save_checkpoint', 'load_checkpoint', 'check_writable',
-           'check_run_dir', 'claim_run_dir', 'release_run_dir']
+           'check_run_dir', 'claim_run_dir', 'release_run_dir', 'resume_method', 'checkpoint_run_dir']
 
 # %% ../nbs/06b_rundir.ipynb #89be8dfe
 class CheckpointError(RuntimeError):
@@ -174,3 +174,29 @@ def release_run_dir(run_dir: Path, created: bool):
     for d in [run_dir / 'checkpoints'] + ([run_dir] if created else []):
         try: d.rmdir()
         except OSError: pass
+
+# %% ../nbs/06b_rundir.ipynb #1c3ca9cb
+def resume_method(conf, method):
+    """The method class of a checkpointed run: `method` if the caller passes it (it must carry the run's name), else a
+    built-in method by its name. A module path stored in a run is never imported: a run directory is data."""
+    name = conf.get('method')
+    if method is not None:
+        M = get_method_class(method)
+        if M.name != name:
+            raise ConfigError(f"this run was trained with method {name!r}, not {M.name!r}; pass the same method or none")
+        return M
+    if isinstance(name, str) and name in METHOD_NAMES: return get_method_class(name)
+    ref = conf.get('method_class')
+    raise ConfigError(f"this run was trained with method {name!r} ({ref!r}), which is not built in. A run directory is data: "
+                      f"the module it names is not imported. Pass the class: train(resume=..., method=YourMethod) "
+                      f"(built in: {list(METHOD_NAMES)})")
+
+def checkpoint_run_dir(ck_path):
+    "The run directory a checkpoint belongs to (`<run>/checkpoints/<file>`); resume writes only there."
+    run_dir = ck_path.parent.parent
+    if ck_path.parent.name != 'checkpoints' or not (run_dir / 'config.json').is_file():
+        raise ConfigError(f"{ck_path} is not inside a run directory's checkpoints/ folder, and resume writes only into the "
+                          f"checkpoint's own run. Resume the run directory it came from, or copy it to "
+                          f"<run dir>/checkpoints/last.pt of a copy of that run directory and resume that folder")
+    return run_dir
+

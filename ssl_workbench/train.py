@@ -13,7 +13,7 @@ from tqdm.std import tqdm
 try: from fastcore.imports import IN_NOTEBOOK
 except ImportError: IN_NOTEBOOK = False
 from .core import (Config, ConfigError, Progress, check_choice, check_range, check_type, check_types, get_device,
-                                seed_everything, get_method_class, method_ref, METHOD_NAMES)
+                                seed_everything, get_method_class, method_ref)
 from .data import load_dataset, place, check_image_data, DATASETS, ImageData, memory_budget_bytes
 from .augment import ViewMaker
 from .backbones import make_backbone, BACKBONES
@@ -22,7 +22,7 @@ from .comm import (world_size, is_main, sync_batchnorm_, mean_over_ranks, on_mai
                                 restore_rank_rng)
 from .distributed import rank_slice, DDPMethod, check_world_size
 from .guard import DivergenceError, NonFiniteLossError, NumericGuard, Interrupts, first_nonfinite
-from .rundir import (Run, CheckpointError, save_checkpoint, load_checkpoint, check_writable, check_run_dir,
+from .rundir import (Run, CheckpointError, resume_method, checkpoint_run_dir, save_checkpoint, load_checkpoint, check_writable, check_run_dir,
                                   claim_run_dir, release_run_dir)
 from .evaluate import method_features, evaluate, distributed_evaluate
 from .linear import OnlineClassifier, online_backbone
@@ -143,30 +143,6 @@ def _last_good(ck_file, saved, run_dir):
 # %% ../nbs/06_train.ipynb #3148a4f5
 RESUME_KEYS = ('device', 'progress', 'log_every', 'memory_budget')
 
-def _resume_method(conf, method):
-    """The method class of a checkpointed run: `method` if the caller passes it (it must carry the run's name), else a
-    built-in method by its name. A module path stored in a run is never imported: a run directory is data."""
-    name = conf.get('method')
-    if method is not None:
-        M = get_method_class(method)
-        if M.name != name:
-            raise ConfigError(f"this run was trained with method {name!r}, not {M.name!r}; pass the same method or none")
-        return M
-    if isinstance(name, str) and name in METHOD_NAMES: return get_method_class(name)
-    ref = conf.get('method_class')
-    raise ConfigError(f"this run was trained with method {name!r} ({ref!r}), which is not built in. A run directory is data: "
-                      f"the module it names is not imported. Pass the class: train(resume=..., method=YourMethod) "
-                      f"(built in: {list(METHOD_NAMES)})")
-
-def _checkpoint_run_dir(ck_path):
-    "The run directory a checkpoint belongs to (`<run>/checkpoints/<file>`); resume writes only there."
-    run_dir = ck_path.parent.parent
-    if ck_path.parent.name != 'checkpoints' or not (run_dir / 'config.json').is_file():
-        raise ConfigError(f"{ck_path} is not inside a run directory's checkpoints/ folder, and resume writes only into the "
-                          f"checkpoint's own run. Resume the run directory it came from, or copy it to "
-                          f"<run dir>/checkpoints/last.pt of a copy of that run directory and resume that folder")
-    return run_dir
-
 def resolve_run(method=None, dataset=None, epochs=None, preset='small', resume=None, overrides=None):
     "(method class, preset, train config, method config, run dir, checkpoint or None) for a new or resumed run."
     overrides = {k: str(v) if isinstance(v, (Path, torch.device)) else v for k, v in dict(overrides or {}).items()}
@@ -174,12 +150,12 @@ def resolve_run(method=None, dataset=None, epochs=None, preset='small', resume=N
         ck_path = Path(resume).expanduser()
         if ck_path.is_dir(): ck_path = ck_path / 'checkpoints' / 'last.pt'
         if not ck_path.exists(): raise FileNotFoundError(f"no checkpoint at {ck_path}; pass the run directory of an earlier run")
-        run_dir = _checkpoint_run_dir(ck_path)
+        run_dir = checkpoint_run_dir(ck_path)
         ck = load_checkpoint(ck_path)
         conf = json.loads(ck['config_json'])
         bad = sorted(set(overrides) - set(RESUME_KEYS)) + (['dataset'] if dataset else []) + (['epochs'] if epochs else [])
         if bad: raise ConfigError(f"{bad} cannot change on resume; allowed on resume: {sorted(RESUME_KEYS)}")
-        M = _resume_method(conf, method)
+        M = resume_method(conf, method)
         tcfg = TrainConfig.from_dict({**conf['train'], **overrides})
         return M, conf['preset'], tcfg, M.config_class.from_dict(conf['method_config']), run_dir, ck
     M = get_method_class('nnclr' if method is None else method)

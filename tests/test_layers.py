@@ -12,11 +12,11 @@ MAX_LINES = 420          # "about 400"; `_modidx.py` (nbdev's generated index) i
 LAYERS = [
     ('core', 'folders', 'stream', 'data', 'augment'),
     ('comm',),
-    ('blocks', 'backbones', 'metrics'),
+    ('blocks', 'backbones', 'metrics', 'linear'),
     ('distill',),
     ('guard', 'rundir', 'evaluate', 'report'),
     ('train', 'distributed', 'methods.*'),
-    ('cli', 'bench', 'bench_peer', 'dashboard', 'viz', '__main__'),
+    ('cli', 'bench', 'bench_peer', 'dashboard', 'viz', 'repro', '__main__'),
 ]
 # the methods stand beside the trainer and use only the shared modules below it (and each other: presets, bases)
 METHODS_MAY_IMPORT = {'core', 'augment', 'comm', 'blocks', 'backbones', 'metrics', 'distill'}
