@@ -13,9 +13,9 @@ import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['is_dist', 'rank', 'world_size', 'is_main', 'comm_device', 'init_from_env', 'all_gather_cat', 'gather_with_grad',
-           'all_reduce_sum', 'all_reduce_sum_', 'all_reduce_mean_', 'broadcast_object', 'gather_objects', 'any_rank',
-           'on_main', 'local_rows', 'mean_over_ranks', 'sync_batch_norm', 'SyncBatchNorm', 'sync_batchnorm_',
-           'rank_rng_states', 'restore_rank_rng']
+           'all_reduce_sum', 'all_reduce_sum_', 'all_reduce_mean_', 'broadcast_', 'broadcast_object', 'gather_objects',
+           'any_rank', 'on_main', 'local_rows', 'mean_over_ranks', 'sync_batch_norm', 'SyncBatchNorm',
+           'sync_batchnorm_', 'rank_rng_states', 'restore_rank_rng']
 
 # %% ../nbs/02a_comm.ipynb #21526262
 def is_dist() -> bool:
@@ -87,6 +87,14 @@ def all_reduce_sum_(x: torch.Tensor) -> torch.Tensor:
 def all_reduce_mean_(x: torch.Tensor) -> torch.Tensor:
     "Mean over processes, in place (no gradient); returns `x`."
     if is_dist(): dist.all_reduce(x); x /= world_size()
+    return x
+
+@torch.no_grad()
+def broadcast_(x: torch.Tensor, src=0) -> torch.Tensor:
+    "Process `src`'s tensor `x` on every process, in place (through the backend's device); returns `x`."
+    if not is_dist(): return x
+    y = x.to(comm_device()); dist.broadcast(y, src=src)
+    if y is not x: x.copy_(y)
     return x
 
 def broadcast_object(obj, src=0):

@@ -175,7 +175,7 @@ def release_run_dir(run_dir: Path, created: bool):
         try: d.rmdir()
         except OSError: pass
 
-# %% ../nbs/06b_rundir.ipynb #1c3ca9cb
+# %% ../nbs/06b_rundir.ipynb #95a60c49
 def resume_method(conf, method):
     """The method class of a checkpointed run: `method` if the caller passes it (it must carry the run's name), else a
     built-in method by its name. A module path stored in a run is never imported: a run directory is data."""

@@ -22,13 +22,13 @@ GLOBAL_BATCH = 32
 # float64: 200 images at 16 px (float64 convolutions are slow on CPU), 6 steps an epoch; float32: 70 images at 32 px,
 # 2 steps an epoch. AdaSim bootstraps in its second epoch (window=1), so it runs 2 epochs.
 # All4One's transformer has dropout: its masks come from each process's generator for its own rows, so with dropout
-# the runs agree in distribution only; the equality is tested without it. JCL / MoCo's key shuffle is per process too.
+# the runs agree in distribution only; the equality is tested without it.
 # ExCB with fewer clusters than images (k-means initialisation on) and two local crops (their own BN passes).
 BASE = dict(dataset='cifar10_5k', batch_size=GLOBAL_BATCH, epochs=1, progress=False, log_every=1, eval_every=0,
             eval_at_start=False)
 BY_PRECISION = {'fp64': dict(train_per_class=20, image_size=16), 'fp32': dict(train_per_class=7)}
-# JCL: 2 keys in 4 BN groups, so that each process's keys are whole groups of the global key batch (M'·W ≤ S).
-EXTRA = {'jcl': dict(shuffle_keys=False, n_keys=2, bn_splits=4), 'mocov2': dict(shuffle_keys=False, bn_splits=4), 'adasim': dict(epochs=2),
+# JCL / MoCo v2 with the key shuffle on: one permutation of the global key batch (MoCo: one BN group per process).
+EXTRA = {'jcl': dict(n_keys=2, bn_splits=4), 'mocov2': dict(bn_splits=2), 'adasim': dict(epochs=2),
          'all4one': dict(dropout=0.0), 'excb': dict(n_clusters=32, augment='multicrop', n_local=2)}
 
 def run_kw(m, prec='fp64'):
@@ -164,3 +164,40 @@ def test_torchrun_command_resume_and_world_size_error(tmp_path):
     assert len(ck['rng_ranks']) == 2
     assert sorted(p.name for p in (tmp_path / 'full').iterdir()) == sorted(
         ['backbone.json', 'backbone.pt', 'checkpoints', 'config.json', 'metrics.jsonl', 'report.html'])
+
+
+def _shuffle_worker(rank, world, port, out_dir):
+    "Each process records which images (by global row) its key encoder normalises together, in one MoCo v2 step."
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    from ssl_workbench.comm import init_from_env
+    from ssl_workbench.core import get_method_class
+    from ssl_workbench.backbones import make_backbone
+    init_from_env()
+    try:
+        torch.manual_seed(0)
+        M = get_method_class('mocov2')
+        b = 8                                               # rows per process; global batch 16
+        m = M(M.config_class(bn_splits=world, queue_size=64, proj_dim=8), make_backbone('convnet', 8), batch_size=b * world)
+        groups = []
+        m.teacher_backbone.register_forward_hook(lambda mod, inp, out: groups.append(inp[0][:, 0, 0, 0].round().long().tolist()))
+        ids = torch.arange(rank * b, (rank + 1) * b, dtype=torch.float)     # each image's pixels hold its global row
+        view = ids.view(-1, 1, 1, 1).expand(b, 3, 8, 8).contiguous()
+        k = m.keys([view])
+        Path(out_dir, f'{rank}.json').write_text(json.dumps(dict(groups=groups, queries=ids.long().tolist(), shape=list(k.shape))))
+    finally: dist.destroy_process_group()
+
+def test_shuffle_bn_across_processes_never_normalises_keys_with_their_queries_images(tmp_path):
+    """MoCo v2 / JCL under torchrun with one BN group per process (bn_splits = W = 2): the released code shuffles keys
+    across GPUs, so the group that normalises a key is not the set of images whose queries it is matched with."""
+    torch.multiprocessing.start_processes(_shuffle_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+                                          start_method='spawn')
+    rec = [json.loads((tmp_path / f'{r}.json').read_text()) for r in range(2)]
+    assert all(r['shape'] == [8, 1, 8] for r in rec)
+    seen = sorted(i for r in rec for g in r['groups'] for i in g)
+    assert seen == list(range(16))                          # every key image encoded exactly once
+    for r in rec:
+        assert len(r['groups']) == 1 and len(r['groups'][0]) == 8
+        group, own = set(r['groups'][0]), set(r['queries'])
+        assert group != own and group & (set(range(16)) - own), (group, own)   # mixes both processes' images

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..core import Config, ConfigError, Method, StepOutput, check_range, check_choice, l2n
 from ..blocks import mlp, make_teacher, ema_update_, cosine_momentum, Queue, split_batchnorm_, SplitBatchNorm
 from ..augment import RECIPES, ViewSpec, view_specs
-from ..comm import world_size
+from ..comm import world_size, rank, all_gather_cat, broadcast_
 
 # %% auto #0
 __all__ = ['MOMENTUM_SCHEDULES', 'AUGMENTS', 'jcl_terms', 'jcl_loss', 'JCLConfig', 'JCL', 'MoCoV2Config', 'MoCoV2',
@@ -89,7 +89,7 @@ class JCL(Method):
         self.teacher_backbone, self.teacher_head = make_teacher(backbone), make_teacher(self.head)
         for m in self.teacher_backbone.modules():     # the key encoder sees one BN group per call: `keys` splits the batch
             if isinstance(m, SplitBatchNorm): m.num_splits = 1
-        self.teacher_backbone.local_bn = True         # never synchronised across processes (Shuffle-BN is per device)
+        self.teacher_backbone.local_bn = True         # never synchronised across processes (each group is one simulated device)
         if c.bn_splits > 1 and c.bn_splits % world_size():
             raise ConfigError(f"bn_splits={c.bn_splits} must be 1 or a multiple of the {world_size()} processes")
         self.queue = Queue(c.queue_size, c.proj_dim, batch_size, normalize=c.normalize_queue)
@@ -106,16 +106,23 @@ class JCL(Method):
         return c.lam * (progress.epoch + 1) / progress.epochs if c.lam_ramp else c.lam
     @torch.no_grad()
     def keys(self, key_views):
-        """Unit keys B×M'×D of the M' key views from the momentum encoder. Shuffle-BN on one device: the M'·B key images,
-        permuted, go through the key encoder in `bn_splits` groups (one call per simulated device), then un-permuted."""
-        M, B = len(key_views), key_views[0].shape[0]
-        S = max(1, self.cfg.bn_splits // world_size())     # this process's groups of the global key batch
-        x = torch.cat(key_views)
-        perm = torch.randperm(len(x), device=x.device) if self.cfg.shuffle_keys and S > 1 else None
-        if perm is not None: x = x[perm]
-        k = self.teacher_head(torch.cat([self.teacher_backbone(g) for g in x.chunk(S)]))
-        if perm is not None: k = k[torch.argsort(perm)]
-        return l2n(k.float()).view(M, B, -1).transpose(0, 1)
+        """Unit keys b×M'×D of this process's M' key views from the momentum encoder, with Shuffle-BN: the key images of
+        the global batch (every process's, view-major), in one permutation shared by all processes, go through the key
+        encoder in `bn_splits` groups (this process encodes its bn_splits / W of them), then return to their rows."""
+        M, b = len(key_views), key_views[0].shape[0]
+        W, r = world_size(), rank()
+        S = max(1, self.cfg.bn_splits // W)                # this process's BN groups
+        if not (self.cfg.shuffle_keys and self.cfg.bn_splits > 1):   # no shuffle: this process's keys in S groups
+            k = self.teacher_head(torch.cat([self.teacher_backbone(g) for g in torch.cat(key_views).chunk(S)]))
+            return l2n(k.float()).view(M, b, -1).transpose(0, 1)
+        x = torch.stack(key_views)                         # M×b×C×H×W
+        if W > 1: x = all_gather_cat(x.transpose(0, 1).contiguous()).transpose(0, 1)   # M×(W·b): the global batch's rows
+        x = x.reshape(-1, *x.shape[2:])
+        perm = broadcast_(torch.randperm(len(x), device=x.device))
+        mine = x[perm].chunk(S * W)[r * S:(r + 1) * S]    # this process's groups of the shuffled global batch
+        k = all_gather_cat(self.teacher_head(torch.cat([self.teacher_backbone(g) for g in mine])))
+        k = k[torch.argsort(perm)].view(M, W * b, -1)[:, r * b:(r + 1) * b]
+        return l2n(k.float()).transpose(0, 1)
     def training_step(self, batch, progress):
         c, views = self.cfg, batch['views']
         q = l2n(self.head(self.backbone(views[0])).float())
