@@ -6,10 +6,11 @@
 from __future__ import annotations
 import math, signal, threading, warnings
 import torch
+from .core import StepOutput
 
 # %% auto #0
 __all__ = ['MAX_WEIGHT_GROWTH', 'LOSS_BLOWUP', 'DivergenceError', 'NonFiniteLossError', 'first_nonfinite', 'NumericGuard',
-           'Interrupts']
+           'check_step_output', 'Interrupts']
 
 # %% ../nbs/06a_guard.ipynb #7bfaea16
 class DivergenceError(RuntimeError):
@@ -95,6 +96,26 @@ class NumericGuard:
                 warnings.warn(f"the loss exploded {span}: {loss:.4g}, first logged {self.first_loss:.4g}; "
                               f"check the learning rate", RuntimeWarning, stacklevel=2)
         self.checked_step = step
+
+# %% ../nbs/06a_guard.ipynb #d130e3ed
+def check_step_output(model, out):
+    "A named error unless `training_step` returned a `StepOutput` whose loss is a scalar floating tensor with a gradient (no host sync)."
+    m = getattr(model, 'module', model)
+    name = f"{type(m).__name__} (method {getattr(m, 'name', '?')!r})"
+    if not isinstance(out, StepOutput):
+        raise TypeError(f"{name}.training_step returned {type(out).__name__} {str(out)[:80]!r}; it must return "
+                        f"StepOutput(loss=<scalar tensor>, terms={{...}}, stats={{...}})")
+    loss = out.loss
+    what = (f"a {type(loss).__name__}" if not torch.is_tensor(loss) else
+            f"a tensor of shape {tuple(loss.shape)}" if loss.numel() != 1 else
+            f"a {loss.dtype} tensor" if not loss.is_floating_point() else
+            "a tensor without a gradient (requires_grad=False: detached, or computed under no_grad)" if not loss.requires_grad else None)
+    if what: raise TypeError(f"{name}.training_step returned StepOutput(loss=...) with {what}; the loss must be a "
+                             f"scalar floating tensor that depends on the parameters being trained")
+    if not all(isinstance(d, dict) for d in (out.terms, out.stats)):
+        raise TypeError(f"{name}.training_step returned StepOutput terms / stats that are not dicts "
+                        f"({type(out.terms).__name__}, {type(out.stats).__name__})")
+
 
 # %% ../nbs/06a_guard.ipynb #fabe4304
 class Interrupts:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06b_rundir.ipynb #3a1bb5cc
 from __future__ import annotations
-import itertools, json, os, threading, zipfile
+import itertools, json, os, socket, sys, threading, time, warnings, zipfile
 from pathlib import Path
 import torch
 from .core import ConfigError, METHOD_NAMES, get_method_class
@@ -12,8 +12,9 @@ from .guard import DivergenceError, first_nonfinite
 from .evaluate import method_features
 
 # %% auto #0
-__all__ = ['CHECKPOINT_KEYS', 'RUN_FILES', 'CheckpointError', 'Run', 'save_checkpoint', 'load_checkpoint', 'check_writable',
-           'check_run_dir', 'claim_run_dir', 'release_run_dir', 'resume_method', 'checkpoint_run_dir']
+__all__ = ['CHECKPOINT_KEYS', 'RUN_FILES', 'LOCK_FILE', 'CheckpointError', 'Run', 'save_checkpoint', 'load_checkpoint',
+           'check_writable', 'check_run_dir', 'claim_run_dir', 'release_run_dir', 'RunLock', 'resume_method',
+           'checkpoint_run_dir']
 
 # %% ../nbs/06b_rundir.ipynb #89be8dfe
 class CheckpointError(RuntimeError):
@@ -112,6 +113,7 @@ def load_checkpoint(path, map_location='cpu', verify=True):
 
 # %% ../nbs/06b_rundir.ipynb #d3886da0
 RUN_FILES = ('config.json', 'metrics.jsonl', 'checkpoints', 'backbone.pt', 'backbone.json', 'report.html')
+LOCK_FILE = '.lock'            # held while a process trains in the folder (`RunLock`, below)
 
 def check_writable(folder: Path, what: str):
     "Create `folder` if needed and test-write a file in it; `PermissionError` naming the path otherwise."
@@ -134,7 +136,7 @@ def check_run_dir(run_dir: Path):
     if not entries: return
     shown = ', '.join(entries[:5]) + (f', ... ({len(entries)} entries)' if len(entries) > 5 else '')
     what = ("an unfinished run with no checkpoint to resume (delete the folder to reuse its name)"
-            if set(entries) <= set(RUN_FILES) else "files that are not a training run")
+            if set(entries) <= set(RUN_FILES) | {LOCK_FILE} else "files that are not a training run")
     raise ConfigError(f"run_dir={str(run_dir)!r} ({run_dir.resolve()}) is not empty: it holds {what}: {shown}. A run writes "
                       f"{', '.join(RUN_FILES)} into its folder and would overwrite them; pass a new or empty folder, "
                       f"e.g. run_dir='runs/my-run', or leave run_dir unset for a fresh runs/<method>-<dataset>-<time>")
@@ -170,10 +172,75 @@ def claim_run_dir(run_dir: Path, unique=False):
 
 def release_run_dir(run_dir: Path, created: bool):
     "Undo `claim_run_dir` after a failed start: remove the trainer's files (only those) and the folder if it created it."
-    for f in ('config.json', 'metrics.jsonl'): (run_dir / f).unlink(missing_ok=True)
+    for f in ('config.json', 'metrics.jsonl', LOCK_FILE): (run_dir / f).unlink(missing_ok=True)
     for d in [run_dir / 'checkpoints'] + ([run_dir] if created else []):
         try: d.rmdir()
         except OSError: pass
+
+# %% ../nbs/06b_rundir.ipynb #3dbb8dfa
+try: import fcntl
+except ImportError: fcntl = None                 # Windows: the process-id fallback below
+
+def _pid_alive(pid):
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except (PermissionError, OSError): return True
+    return True
+
+class RunLock:
+    "The one-writer lock of a run directory: `acquire()` or a `ConfigError` naming the holder; `release()` when done."
+    def __init__(self, run_dir):
+        self.run_dir, self.path, self.fd, self.reclaimed = Path(run_dir), Path(run_dir) / LOCK_FILE, None, None
+    def _holder(self, fd):
+        try: return json.loads(os.pread(fd, 4096, 0).decode() or 'null')
+        except (OSError, ValueError): return None
+    def _refuse(self, h, how):
+        who = (f"process {h.get('pid')} on {h.get('host')} since {h.get('started')} ({h.get('command')})"
+               if isinstance(h, dict) else 'a process that left no record')
+        same = isinstance(h, dict) and h.get('pid') == os.getpid() and h.get('host') == socket.gethostname()
+        return ConfigError(f"{self.run_dir} is being trained by {who}{' — this process: another thread or panel' if same else ''}. "
+                           f"One writer per run directory: wait for that run to end, or stop it (it writes a checkpoint) and "
+                           f"resume then. {how}")
+    def _same_file(self, fd):
+        try: return os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError: return False
+    def acquire(self):
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                locked = False
+                if fcntl is not None:
+                    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); locked = True
+                    except BlockingIOError:
+                        raise self._refuse(self._holder(fd), "The lock is released when that process exits, however it "
+                                                             "exits.") from None
+                    except OSError: pass                 # no flock on this filesystem: the process-id fallback
+                if locked and not self._same_file(fd):   # its holder released and removed it meanwhile: open the new one
+                    os.close(fd); continue
+                h = self._holder(fd)
+                if not locked and isinstance(h, dict) and h.get('pid') is not None:
+                    if h.get('host') != socket.gethostname():
+                        raise self._refuse(h, f"It runs on another host and cannot be checked from here: if it is gone, "
+                                              f"delete {self.path} to reclaim the folder.")
+                    if _pid_alive(h['pid']): raise self._refuse(h, f"If that process is not this run, delete {self.path}.")
+                if isinstance(h, dict) and h.get('pid') is not None:
+                    self.reclaimed = h
+                    warnings.warn(f"{self.run_dir}: took over the stale lock of process {h.get('pid')} on {h.get('host')} "
+                                  f"(since {h.get('started')}), which ended without releasing it", RuntimeWarning, stacklevel=2)
+                me = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime('%Y-%m-%d %H:%M:%S'),
+                          command=' '.join(sys.argv)[:200] or 'python')
+                os.ftruncate(fd, 0); os.pwrite(fd, json.dumps(me).encode(), 0); os.fsync(fd)
+            except BaseException:
+                os.close(fd); raise
+            self.fd = fd
+            return self
+    def release(self):
+        "Empty and remove the lock file, then drop the lock: the next writer finds a fresh file, not a stale record."
+        if self.fd is None: return
+        try: os.ftruncate(self.fd, 0); self.path.unlink(missing_ok=True)
+        finally: os.close(self.fd); self.fd = None
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
 
 # %% ../nbs/06b_rundir.ipynb #95a60c49
 def resume_method(conf, method):

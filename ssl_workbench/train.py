@@ -21,9 +21,9 @@ from .blocks import LARS, warmup_cosine
 from .comm import (world_size, is_main, sync_batchnorm_, mean_over_ranks, on_main, any_rank, rank_rng_states,
                                 restore_rank_rng)
 from .distributed import rank_slice, DDPMethod, check_world_size
-from .guard import DivergenceError, NonFiniteLossError, NumericGuard, Interrupts, first_nonfinite
+from .guard import DivergenceError, NonFiniteLossError, NumericGuard, Interrupts, first_nonfinite, check_step_output
 from .rundir import (Run, CheckpointError, resume_method, checkpoint_run_dir, save_checkpoint, load_checkpoint, check_writable, check_run_dir,
-                                  claim_run_dir, release_run_dir)
+                                  claim_run_dir, release_run_dir, RunLock)
 from .evaluate import method_features, evaluate, distributed_evaluate
 from .linear import OnlineClassifier, online_backbone
 
@@ -235,6 +235,7 @@ def train_step(model, opt, batch, prog, tcfg, amp=None, clock=None, guard=None, 
     set_schedule(opt, tcfg, prog)
     with torch.autocast(batch['images'].device.type, dtype=amp, enabled=amp is not None):
         out = model.training_step(batch, prog)
+    check_step_output(model, out)
     clock('forward')
     if guard is not None: guard.after_forward(out.loss, out.terms, prog.step, prog.epoch)
     opt.zero_grad(set_to_none=True)
@@ -284,12 +285,22 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
     if stop_after_epochs is not None: check_range('stop_after_epochs', check_type('stop_after_epochs', stop_after_epochs, int), 1)
     callbacks = _as_callbacks(callbacks)
     M, preset, tcfg, mcfg, run_dir, ck = resolve_run(method, dataset, epochs, preset, resume, overrides)
-    W = world_size()                      # processes (ssl_workbench.comm); process 0 owns the run directory
     if ck is not None: check_world_size(json.loads(ck['config_json']), run_dir)
+    run_dir, created = on_main(lambda: claim_run_dir(run_dir, unique=tcfg.run_dir is None)) if ck is None else (run_dir, False)
+    lock = RunLock(run_dir) if is_main() else None        # one writer per run directory: process 0 holds it for all
+    try: on_main(lambda: lock.acquire() and None)
+    except BaseException:
+        if ck is None and is_main(): release_run_dir(run_dir, created)
+        raise
+    try: return _train_locked(M, preset, tcfg, mcfg, run_dir, ck, created, data, callbacks, stop_after_epochs)
+    finally:
+        if lock is not None: lock.release()
+
+def _train_locked(M, preset, tcfg, mcfg, run_dir, ck, created, data, callbacks, stop_after_epochs):
+    "The rest of `train`, while this process holds the run directory's lock."
+    W = world_size()                      # processes (ssl_workbench.comm); process 0 owns the run directory
     ck_file = run_dir / 'checkpoints' / 'last.pt'
-    if ck is None:
-        run_dir, created = on_main(lambda: claim_run_dir(run_dir, unique=tcfg.run_dir is None)); ck_file = run_dir / 'checkpoints' / 'last.pt'
-    else: on_main(lambda: (check_writable(run_dir, 'the run folder'), check_writable(ck_file.parent, 'the checkpoints folder')))
+    if ck is not None: on_main(lambda: (check_writable(run_dir, 'the run folder'), check_writable(ck_file.parent, 'the checkpoints folder')))
     try:
         run = build_run(M, preset, tcfg, mcfg, run_dir, data)
         if ck is not None: _load_state(run, ck, ck_file)
@@ -387,7 +398,11 @@ def train(method=None, dataset=None, epochs=None, preset='small', resume=None, c
                     run.status = 'interrupted'
                     return run
     except DivergenceError as e:
+        if ck is None and prog.step == 0 and is_main(): log.close(); release_run_dir(run_dir, created)
         raise type(e)(f"{e}; {_last_good(ck_file, saved, run_dir)}") from None
+    except BaseException:
+        if ck is None and prog.step == 0 and is_main(): log.close(); release_run_dir(run_dir, created)   # nothing trained: the name stays free
+        raise
     finally:
         bar.close(); log.close()
     run.status = 'finished'

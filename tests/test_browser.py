@@ -161,6 +161,21 @@ def scroll_to(page, selector, last=False):
     page.evaluate("([s, last]) => { const e = document.querySelectorAll(s); const el = e[last ? e.length - 1 : 0];"
                   " if (el) el.scrollIntoView({block: 'start'}); }", [selector, last])
 
+def press(page, panel, label, done, timeout=120, what=''):
+    """Click the panel's button `label` by dispatching the click event, and retry until `done()` holds.
+
+    Playwright's own click scrolls the button into view and waits for the page to settle; while a live figure redraws
+    on a loaded 2-core machine that wait can outlast its 30 s timeout (CI saw it on train_adasim's Stop). The widget
+    listens to the DOM click event, so dispatching it is the same user action without the wait."""
+    button, t0, tries = panel.locator('button', has_text=label).first, time.time(), 0
+    while time.time() - t0 < timeout:
+        if tries == 0 or time.time() - last > 20:
+            button.dispatch_event('click', timeout=30_000); tries, last = tries + 1, time.time()
+        v = done()
+        if v: return v
+        page.wait_for_timeout(500)
+    pytest.fail(f"timed out after {timeout} s ({tries} clicks on {label}) waiting for {what}")
+
 def panel_input(page, key):
     "The input of the panel knob called `key` (IntText / Text)."
     box = page.locator('.ssl-train-panel .widget-inline-hbox', has=page.locator('label.widget-label', has_text=re.compile(f'^{key}$')))
@@ -221,7 +236,7 @@ def _live_in_browser(lab, browser, name):
     wait_for(page, lambda: 'epochs = 40' in panel.inner_text() and f'{name}-panel' in panel.inner_text(), 10,
              'the resolved configuration to show the new knob values')
     scroll_to(page, '.ssl-train-panel'); shot(page, f'{name}-3-panel-knobs-set')
-    panel.locator('button', has_text='Start').click(no_wait_after=True)
+    press(page, panel, 'Start', lambda: panel.locator('button', has_text='Start').first.is_disabled(), what='the panel run to start')
     grown, t0 = [], time.time()
     while time.time() - t0 < 120:
         n = page.evaluate(POINTS_JS)['panel']
@@ -231,8 +246,7 @@ def _live_in_browser(lab, browser, name):
     else:
         shot(page, f'{name}-failed-panel'); pytest.fail(f"the panel's figure did not grow after Start: {grown}; status {panel.inner_text()[-300:]}")
     scroll_to(page, '.ssl-train-panel .ssl-live'); shot(page, f'{name}-4-panel-training')
-    panel.locator('button', has_text='Stop').click(no_wait_after=True)
-    wait_for(page, lambda: re.search(r'interrupted at step \d+', panel.inner_text()), 120, 'the panel run to stop')
+    press(page, panel, 'Stop', lambda: re.search(r'interrupted at step \d+', panel.inner_text()), 120, 'the panel run to stop')
     shot(page, f'{name}-5-panel-stopped')
     print(f"{name} panel: points {grown}; status {re.search(r'interrupted at step .*', panel.inner_text())[0]}")
     assert not errors, errors

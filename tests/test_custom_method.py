@@ -70,3 +70,21 @@ def test_preset_cifar_resolves_resnet18_with_its_k():
     assert tcfg.backbone == 'resnet18' and mcfg.n_clusters == 2048 and tcfg.dataset == 'cifar10'
     tcfg, _ = resolve_configs('excb', 'small')
     assert tcfg.backbone == 'convnet' and tcfg.dataset == 'cifar10_5k'
+
+@pytest.mark.parametrize('returns, match', [
+    (lambda loss: loss.item(), r"StepOutput\(loss=\.\.\.\) with a float"),
+    (lambda loss: loss.detach(), r"StepOutput\(loss=\.\.\.\) with a tensor without a gradient"),
+    (lambda loss: loss.expand(3), r"StepOutput\(loss=\.\.\.\) with a tensor of shape \(3,\)"),
+    (lambda loss: {'loss': loss}, r"dict .*it must return StepOutput"),
+])
+def test_a_bad_training_step_output_names_the_method_and_what_it_returned(tmp_path, digits, returns, match):
+    "Your own method's mistakes get named errors before any backward pass, and the run folder is not left blocking its name."
+    Tiny = make_method_class()
+    class Broken(Tiny):
+        def training_step(self, batch, progress):
+            out = super().training_step(batch, progress)
+            r = returns(out.loss)
+            return r if isinstance(r, dict) else StepOutput(r, out.terms, out.stats)
+    with pytest.raises(TypeError, match=r"Broken \(method 'tiny'\)\.training_step returned " + match):
+        train(Broken, data=digits, run_dir=str(tmp_path / 'r'), **TINY)
+    assert not (tmp_path / 'r').exists()

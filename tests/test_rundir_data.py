@@ -52,3 +52,36 @@ def test_a_checkpoint_copied_elsewhere_is_refused_and_nothing_is_overwritten(tmp
         train(resume=mine / 'backup' / 'a.pt', data=digits)
     assert (mine / 'config.json').read_text() == 'my own file' and (mine / 'report.html').read_text() == 'my report'
     assert sorted(p.name for p in mine.iterdir()) == ['backup', 'config.json', 'report.html']
+
+HOLDER = """
+import sys, time
+from ssl_workbench.train import train
+from ssl_workbench.data import load_dataset
+class Hold:
+    def on_train_start(self, run): print('held', flush=True); time.sleep(600)
+train(resume=sys.argv[1], callbacks=[Hold()], data=load_dataset('digits', train_per_class=40), progress=False)
+"""
+
+def test_one_writer_per_run_directory_and_a_killed_holder_is_stale(tmp_path, digits):
+    "A second process resuming a run that is training is refused, naming the holder; after `kill -9` of the holder its lock is stale and the resume runs."
+    from ssl_workbench.train import train
+    from ssl_workbench.core import ConfigError
+    run_dir = tmp_path / 'run'
+    train('nnclr', data=digits, run_dir=str(run_dir), stop_after_epochs=1, **dict(TINY, epochs=3), queue_size=256)
+    before = (run_dir / 'metrics.jsonl').read_text()
+    p = subprocess.Popen([sys.executable, '-c', HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    try:
+        assert p.stdout.readline().strip() == 'held'
+        with pytest.raises(ConfigError, match=rf"is being trained by process {p.pid} on .*One writer per run directory"):
+            train(resume=str(run_dir), data=digits, progress=False)
+        with pytest.raises(ConfigError, match=r"already holds a run|is being trained"):    # nor may a new run start there
+            train('nnclr', data=digits, run_dir=str(run_dir), **TINY)
+    finally:
+        p.kill(); p.wait()                       # kill -9: the lock file stays behind, the lock does not
+    assert json.loads((run_dir / '.lock').read_text())['pid'] == p.pid
+    with pytest.warns(RuntimeWarning, match=rf"took over the stale lock of process {p.pid}"):
+        run = train(resume=str(run_dir), data=digits, progress=False)
+    assert run.status == 'finished' and not (run_dir / '.lock').exists()
+    lines = [json.loads(l) for l in (run_dir / 'metrics.jsonl').read_text().splitlines()]
+    assert (run_dir / 'metrics.jsonl').read_text().startswith(before) and lines[-1]['epoch'] == 3
