@@ -97,7 +97,7 @@ class NumericGuard:
                               f"check the learning rate", RuntimeWarning, stacklevel=2)
         self.checked_step = step
 
-# %% ../nbs/06a_guard.ipynb #d130e3ed
+# %% ../nbs/06a_guard.ipynb #b0759649
 def check_step_output(model, out):
     "A named error unless `training_step` returned a `StepOutput` whose loss is a scalar floating tensor with a gradient (no host sync)."
     m = getattr(model, 'module', model)
