@@ -184,7 +184,7 @@ except ImportError: fcntl = None                 # Windows: the process-id fallb
 def _pid_alive(pid):
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
-    except (PermissionError, OSError): return True
+    except OSError: return True                  # e.g. another user's process: alive
     return True
 
 class RunLock:

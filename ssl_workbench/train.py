@@ -397,11 +397,9 @@ def _train_locked(M, preset, tcfg, mcfg, run_dir, ck, created, data, callbacks, 
                 if stop_after_epochs and epoch + 1 >= stop_after_epochs and epoch + 1 < tcfg.epochs:
                     run.status = 'interrupted'
                     return run
-    except DivergenceError as e:
-        if ck is None and prog.step == 0 and is_main(): log.close(); release_run_dir(run_dir, created)
-        raise type(e)(f"{e}; {_last_good(ck_file, saved, run_dir)}") from None
-    except BaseException:
+    except BaseException as e:
         if ck is None and prog.step == 0 and is_main(): log.close(); release_run_dir(run_dir, created)   # nothing trained: the name stays free
+        if isinstance(e, DivergenceError): raise type(e)(f"{e}; {_last_good(ck_file, saved, run_dir)}") from None
         raise
     finally:
         bar.close(); log.close()
