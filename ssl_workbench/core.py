@@ -14,7 +14,7 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['METHOD_NAMES', 'METHOD_MODULES', 'DEVICES', 'ConfigError', 'check_choice', 'check_range', 'Config', 'check_type',
            'check_types', 'StepOutput', 'Progress', 'l2n', 'Method', 'split_decay', 'method_ref', 'get_method_class',
-           'get_device', 'seed_everything', 'device_sync', 'timer']
+           'get_device', 'seed_everything', 'device_sync', 'timer', 'assigned_names', 'check_notebook_parameters']
 
 # %% ../nbs/00_core.ipynb #34b2af6a
 class ConfigError(ValueError):
@@ -207,3 +207,33 @@ def timer(clock='wall', device='cpu'):
     if clock == 'cpu' and torch.device(device).type != 'cpu':
         raise ConfigError(f"clock='cpu' times host CPU seconds; on {device} use clock='wall'")
     return time.perf_counter if clock == 'wall' else time.process_time
+
+# %% ../nbs/00_core.ipynb #26fdb59c
+def assigned_names(source: str) -> set:
+    "Names assigned at the top level of a cell's source."
+    import ast
+    names = set()
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        for t in targets:
+            names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+def check_notebook_parameters(history=None):
+    """Raise a ConfigError naming the known parameters when papermill injected a name the notebook's parameters cell
+    does not define. `history`: the executed cells' sources (IPython's `In` by default)."""
+    import difflib
+    if history is None:
+        try: history = get_ipython().user_ns.get('In', [])  # noqa: F821 (defined inside IPython only)
+        except NameError: return
+    cells = [s for s in history if isinstance(s, str) and s.strip()]
+    injected = [i for i, s in enumerate(cells) if s.lstrip().startswith('# Parameters')]
+    if not injected: return
+    i = injected[-1]
+    known = assigned_names(cells[i - 1]) if i > 0 else set()
+    unknown = sorted(n for n in assigned_names(cells[i]) - known if not n.startswith('PAPERMILL_'))
+    if unknown:
+        hints = [f"{n!r} (did you mean {m[0]!r}?)" for n in unknown if (m := difflib.get_close_matches(n, known, 1))]
+        raise ConfigError(f"unknown notebook parameter(s) {unknown}" + (f": {', '.join(hints)}" if hints else '') +
+                          f". This notebook's parameters are {sorted(known)}")
+

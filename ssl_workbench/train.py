@@ -78,6 +78,8 @@ class TrainConfig(Config):
         get_device(self.device)
         for k in ('epochs', 'batch_size', 'knn_k', 'log_every'): check_range(k, getattr(self, k), 1)
         for k in ('lr', 'knn_t'): check_range(k, getattr(self, k), 0, lo_open=True)
+        if self.lr_scaling and not math.isfinite(self.lr * self.batch_size / 256):
+            raise ConfigError(f"lr={self.lr!r} overflows once scaled by batch_size/256 = {self.batch_size / 256:g}; give a smaller lr")
         for k in ('weight_decay', 'warmup_epochs', 'final_lr_frac', 'eval_every'): check_range(k, getattr(self, k), 0)
         check_range('momentum', self.momentum, 0, 1); check_range('seed', self.seed, 0, 2**32 - 1)
         if self.grad_clip is not None: check_range('grad_clip', self.grad_clip, 0, lo_open=True)

@@ -130,3 +130,18 @@ def test_jcl_notebook_compares_mocov2(tmp_path):
     assert any('| jcl |' in t and '| mocov2 |' in t and 'contrastive/acc1' in t for t in md)
     assert any('mean similarity' in t for t in md)
     assert (tmp_path / 'run-mocov2' / 'checkpoints' / 'last.pt').exists()
+
+def test_a_misspelled_parameter_stops_the_notebook(tmp_path):
+    "`-p epoch 1` (for `epochs`) stops at the cell after the parameters, naming the known parameters, before training."
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        run_notebook('train_nnclr', tmp_path, epoch=1, run_dir=str(tmp_path / 'runs' / 'run'))
+    assert "unknown notebook parameter(s) ['epoch']" in str(e.value) and "did you mean 'epochs'" in str(e.value)
+    assert not (tmp_path / 'runs').exists()                                  # nothing trained, nothing created
+
+@pytest.mark.parametrize('name', sorted(p.stem for p in (ROOT / 'nbs').glob('*.ipynb')
+                                        if '"parameters"' in p.read_text()))
+def test_every_parameterised_notebook_checks_its_parameters(name):
+    "The code cell after each parameters cell calls `check_notebook_parameters()` (papermill injects between them)."
+    code = [c for c in json.loads((ROOT / 'nbs' / f'{name}.ipynb').read_text())['cells'] if c['cell_type'] == 'code']
+    i = next(i for i, c in enumerate(code) if 'parameters' in c['metadata'].get('tags', []))
+    assert 'check_notebook_parameters()' in ''.join(code[i + 1]['source'])

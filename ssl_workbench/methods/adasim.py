@@ -8,7 +8,7 @@ import os, warnings
 from dataclasses import dataclass
 import torch
 import torch.nn as nn
-from ..core import Config, ConfigError, Method, StepOutput, check_range, check_choice, l2n
+from ..core import Config, ConfigError, Method, StepOutput, check_range, check_choice, check_types, l2n
 from ..comm import all_gather_cat, local_rows, world_size
 
 # %% auto #0
@@ -151,7 +151,10 @@ class AdaSimConfig(Config):
         "The base method's config: its `base_preset` method settings plus `base_cfg`."
         M = _base_class(self.base)
         check_choice('base_preset', self.base_preset, list(M.presets))
-        return M.config_class.from_dict({**M.presets[self.base_preset].get('method', {}), **(self.base_cfg or {})})
+        if self.base_cfg is not None and not isinstance(self.base_cfg, dict):
+            raise ConfigError(f"base_cfg={self.base_cfg!r} is {type(self.base_cfg).__name__}, not a dict of {M.config_class.__name__} keys {M.config_class.keys()}")
+        try: return M.config_class.from_dict(check_types(M.config_class, {**M.presets[self.base_preset].get('method', {}), **(self.base_cfg or {})}))
+        except ConfigError as e: raise ConfigError(f"base_cfg ({self.base} config): {e}") from None
 
 def _presets():
     "The base's presets; (τ, w, K) and, for `imagenet`, the epochs and DINO-2 crops of the paper's Table 2 ResNet-50 rows."
