@@ -42,15 +42,24 @@ MAX_WEIGHT_GROWTH = 1e3   # the largest |weight| growing beyond this × its star
 LOSS_BLOWUP = 1e4         # a logged loss this many times the first window's (or 1) warns
 
 class NumericGuard:
-    "Non-finite gradients (recorded on the device each step) and non-finite or exploding weights, checked at log boundaries."
+    """Records on the device, each step, the first non-finite loss, gradient, weight or statistic (floating buffer);
+    `check`, at log boundaries and before checkpoints, names the first of them, and stops exploding weights."""
     def __init__(self, model, step=0):
         self.named = [(n, p) for n, p in model.named_parameters()]
-        self.first_bad, self.checked_step, self.first_loss, self.warned = None, step, None, False
+        self.state = [(n, t) for n, t in self.named if t.numel()] + \
+                     [(n, b) for n, b in model.named_buffers() if b.is_floating_point() and b.numel()]
+        self.n_weights = sum(1 for _, t in self.named if t.numel())
+        self.checked_step, self.first_loss, self.warned, self.records = step, None, False, {}
         self.bad_loss_at, self.bad_loss_vals, self.term_names = None, None, ()
         self.start_max = float(self._largest().max()) if self.named else 0.0
     def _largest(self):
         "The largest |w| of every parameter (a CPU tensor; one host sync)."
         return torch.stack(torch._foreach_norm([p.detach() for _, p in self.named], float('inf'))).float().cpu()
+    def _record(self, kind, finite, step):
+        "Keep, without a host sync, the first step at which `finite` (a flag per tensor) held a False, and the flags."
+        at, bad = self.records.get(kind) or (torch.full((), -1, dtype=torch.long, device=finite.device), torch.zeros_like(finite))
+        first = ~finite.all() & (at < 0)
+        self.records[kind] = (torch.where(first, step, at), torch.where(first, ~finite, bad))
     def after_forward(self, loss, terms, step, epoch):
         "Remember (without a host sync) the first step whose loss is not finite, with its epoch and loss terms."
         names = tuple(k for k, v in terms.items() if torch.is_tensor(v))
@@ -63,26 +72,44 @@ class NumericGuard:
         self.bad_loss_at = torch.stack([torch.where(first, step, self.bad_loss_at[0]), torch.where(first, epoch, self.bad_loss_at[1])])
         self.bad_loss_vals = torch.where(first, vals, self.bad_loss_vals)
     def after_backward(self, step):
-        "Remember (without a host sync) the first step whose gradients are not all finite."
-        grads = [p.grad for _, p in self.named if p.grad is not None]
+        "Remember (without a host sync) the first step whose gradients are not all finite, and which parameters."
+        grads = [p.grad for _, p in self.named if p.grad is not None and p.numel()]
         if not grads: return
-        bad = ~torch.stack(torch._foreach_norm(grads, float('inf'))).isfinite().all()
-        if self.first_bad is None: self.first_bad = torch.full((), -1, dtype=torch.long, device=grads[0].device)
-        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+        norms, ok = iter(torch._foreach_norm(grads, float('inf'))), grads[0].new_zeros(())
+        self._record('gradient', torch.stack([next(norms) if p.grad is not None else ok for _, p in self.named if p.numel()]).isfinite(), step)
+    def after_step(self, step):
+        "Remember (without a host sync) the first step after whose update a weight or statistic is not finite."
+        if self.state: self._record('state', torch.stack(torch._foreach_norm([t.detach() for _, t in self.state], float('inf'))).isfinite(), step)
+    def first_event(self):
+        "(step, kind, names) of the first non-finite loss / gradient / weight or statistic recorded, else None (one host sync)."
+        events = []
+        if self.bad_loss_at is not None and (at := self.bad_loss_at.tolist())[0] >= 0: events.append((at[0], 0, 'loss', ()))
+        for order, kind in ((1, 'gradient'), (2, 'state')):
+            if kind in self.records and (s := int(self.records[kind][0])) >= 0:
+                names = [n for (n, _), b in zip(self.state if kind == 'state' else [(n, t) for n, t in self.named if t.numel()],
+                                                self.records[kind][1].tolist()) if b]
+                events.append((s, order, kind, names))
+        return min(events, default=None)
     def check(self, step, loss=None):
-        "Raise `DivergenceError` for what went wrong in steps `checked_step`..`step - 1`; warn if `loss` exploded."
+        "Raise `DivergenceError` naming the first non-finite quantity of steps `checked_step`..`step - 1`; stop exploding weights; warn if `loss` exploded."
         span = f"in steps {self.checked_step}..{step - 1}" if step - 1 > self.checked_step else f"at step {self.checked_step}"
-        if self.bad_loss_at is not None and (at := self.bad_loss_at.tolist())[0] >= 0:
-            v = self.bad_loss_vals.tolist()
-            raise NonFiniteLossError(f"loss is {v[0]} at epoch {at[1]} step {at[0]} (terms {dict(zip(self.term_names, v[1:]))}; "
-                                     f"found at the check of steps {self.checked_step}..{step - 1})")
-        if self.first_bad is not None and (b := int(self.first_bad)) >= 0:
-            raise DivergenceError(f"gradients became non-finite at step {b} (the loss was finite) and the weights they touched "
-                                  f"are no longer trustworthy")
+        if (ev := self.first_event()) is not None:
+            s, _, kind, names = ev
+            more = f" and {len(names) - 1} more" if len(names) > 1 else ''
+            if kind == 'loss':
+                at, v = self.bad_loss_at.tolist(), self.bad_loss_vals.tolist()
+                raise NonFiniteLossError(f"loss is {v[0]} at epoch {at[1]} step {at[0]} (terms {dict(zip(self.term_names, v[1:]))}; "
+                                         f"found at the check of steps {self.checked_step}..{step - 1})")
+            if kind == 'gradient':
+                raise DivergenceError(f"gradients became non-finite at step {s} (the loss was finite), first in {names[0]}{more}; "
+                                      f"the weights they touched are no longer trustworthy")
+            weights = [n for n in names if n in dict(self.named)]
+            what = f"weights became non-finite in the update of step {s} (the loss and gradients were finite), first {weights[0]}" if weights else \
+                   f"a statistic (buffer) became non-finite at step {s} (the loss, gradients and weights were finite), first {names[0]}"
+            raise DivergenceError(f"{what}{more}")
         if self.named:
             top = self._largest()
-            bad = (~top.isfinite()).nonzero()
-            if len(bad): raise DivergenceError(f"weights became non-finite {span} ({self.named[int(bad[0])][0]})")
+            if len(bad := (~top.isfinite()).nonzero()): raise DivergenceError(f"weights became non-finite {span} ({self.named[int(bad[0])][0]})")
             i = int(top.argmax())
             limit = MAX_WEIGHT_GROWTH * max(1.0, self.start_max)
             if top[i] > limit:
@@ -96,6 +123,7 @@ class NumericGuard:
                 warnings.warn(f"the loss exploded {span}: {loss:.4g}, first logged {self.first_loss:.4g}; "
                               f"check the learning rate", RuntimeWarning, stacklevel=2)
         self.checked_step = step
+
 
 # %% ../nbs/06a_guard.ipynb #b0759649
 def check_step_output(model, out):

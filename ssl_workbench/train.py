@@ -181,9 +181,8 @@ def autocast_dtype(precision, device):
     return {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': None}.get(precision, torch.bfloat16 if device.type == 'cuda' else None)
 
 def build_model(M, tcfg, mcfg, image_size, n_train, device, mean=(0.5,) * 3, std=(0.25,) * 3, channels_last=None):
-    """The method as the trainer builds it, on `device`: (model, view maker, optimiser, autocast dtype or None). SyncBN
-    in a multi-process run, channels-last on CUDA (or as `channels_last` says), `compile_backbone`; `build_run` and
-    the benchmarks (`bench step`, `bench peer`) all build through it."""
+    """(model, view maker, optimiser, autocast dtype or None) on `device`, as `build_run` and the benchmarks build them:
+    SyncBN in a multi-process run, channels-last on CUDA (or as `channels_last` says), `compile_backbone`."""
     model = M(mcfg, make_backbone(tcfg.backbone, image_size, tcfg.cifar_stem), batch_size=tcfg.batch_size, n_train=n_train).to(device)
     if world_size() > 1 and tcfg.sync_bn: sync_batchnorm_(model)
     if (device.type == 'cuda') if channels_last is None else channels_last: model = model.to(memory_format=torch.channels_last)
@@ -230,8 +229,8 @@ def make_batch(data, idx, view_maker, gen, device):
     return dict(views=views, index=idx.to(device), labels=data.train_y[idx].to(device), images=x)
 
 def train_step(model, opt, batch, prog, tcfg, amp=None, clock=None, guard=None, scaler=None):
-    """One optimisation step, with no host–device synchronisation: `guard` (a `NumericGuard`) records a non-finite loss
-    or non-finite gradients on the device; the trainer reads the record at log boundaries and before checkpoints.
+    """One optimisation step, with no host–device synchronisation: `guard` (a `NumericGuard`) records a non-finite loss,
+    gradient, weight or statistic on the device; the trainer reads the record at log boundaries and before checkpoints.
     `scaler` (fp16): loss scaling; a step whose scaled gradients overflow is skipped by the scaler, not a divergence."""
     clock = clock or (lambda phase: None)
     set_schedule(opt, tcfg, prog)
@@ -249,6 +248,7 @@ def train_step(model, opt, batch, prog, tcfg, amp=None, clock=None, guard=None, 
     if scaler is None: opt.step()
     else: scaler.step(opt); scaler.update()
     model.after_step(prog)
+    if guard is not None: guard.after_step(prog.step)
     clock('optimizer')
     return out
 
