@@ -7,14 +7,15 @@ from __future__ import annotations
 import itertools, json, os, socket, sys, threading, time, warnings, zipfile
 from pathlib import Path
 import torch
-from .core import ConfigError, METHOD_NAMES, get_method_class
+from .core import ConfigError, METHOD_NAMES, check_types, get_method_class
+from .comm import restore_rank_rng
 from .guard import DivergenceError, first_nonfinite
 from .evaluate import method_features
 
 # %% auto #0
 __all__ = ['CHECKPOINT_KEYS', 'RUN_FILES', 'LOCK_FILE', 'CheckpointError', 'Run', 'save_checkpoint', 'load_checkpoint',
-           'check_writable', 'check_run_dir', 'claim_run_dir', 'release_run_dir', 'RunLock', 'resume_method',
-           'checkpoint_run_dir']
+           'validate_checkpoint', 'checked_config', 'restore_rng', 'check_writable', 'check_run_dir', 'claim_run_dir',
+           'release_run_dir', 'RunLock', 'resume_method', 'checkpoint_run_dir']
 
 # %% ../nbs/06b_rundir.ipynb #89be8dfe
 class CheckpointError(RuntimeError):
@@ -103,13 +104,82 @@ def load_checkpoint(path, map_location='cpu', verify=True):
     if missing:
         raise CheckpointError(f"{path} is not an ssl_workbench training checkpoint (it lacks {missing}); resume takes a run "
                               f"directory or the checkpoints/last.pt that train() wrote")
-    try: conf = json.loads(ck['config_json']); assert {'method', 'preset', 'train', 'method_config'} <= set(conf)
-    except Exception:
-        raise CheckpointError(f"{path} is not an ssl_workbench training checkpoint: its config_json is not a run configuration") from None
+    validate_checkpoint(ck, path)
     bad = first_nonfinite(dict(method=ck['method'], optimizer=ck['optimizer'].get('state', {}) if isinstance(ck['optimizer'], dict) else {}))
     if bad is not None:
         raise CheckpointError(f"checkpoint {path} holds non-finite values ({bad}); it is not a good state to resume from")
     return ck
+
+# %% ../nbs/06b_rundir.ipynb #18073224
+def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
+
+def _bad(path, field, what):
+    return CheckpointError(f"checkpoint {path}: field {field!r} {what}; the file is damaged or was edited. Use another copy, "
+                           f"or start a new run")
+
+def _json_field(ck, path, field, kind):
+    try: v = json.loads(ck[field])
+    except (TypeError, ValueError) as e: raise _bad(path, field, f"is not JSON text ({e})") from None
+    if not isinstance(v, kind): raise _bad(path, field, f"holds {type(v).__name__}, not a JSON {'object' if kind is dict else 'list'}")
+    return v
+
+def validate_checkpoint(ck, path):
+    """Check, for type and range, every field of a checkpoint that a resume or a loader reads (the weights' shapes are
+    checked when they are loaded into the method); a `CheckpointError` names the file and the field."""
+    for k in ('epoch', 'iter', 'step'):
+        if not _is_int(ck[k]) or ck[k] < 0: raise _bad(path, k, f"is {ck[k]!r}, not an integer ≥ 0")
+    if not isinstance(ck['method'], dict) or not all(isinstance(k, str) and (torch.is_tensor(v) or k.endswith('_extra_state'))
+                                                     for k, v in ck['method'].items()):
+        raise _bad(path, 'method', "is not a state dict (parameter names → tensors)")
+    opt = ck['optimizer']
+    if not (isinstance(opt, dict) and isinstance(opt.get('state'), dict) and isinstance(opt.get('param_groups'), list)
+            and all(isinstance(g, dict) and isinstance(g.get('params'), list) for g in opt['param_groups'])):
+        raise _bad(path, 'optimizer', "is not an optimiser state dict (state, param_groups)")
+    for k in ('rng_cpu', 'rng_aug'):
+        if not (torch.is_tensor(ck[k]) and ck[k].dtype == torch.uint8 and ck[k].dim() == 1):
+            raise _bad(path, k, "is not a random generator state (a 1-D uint8 tensor)")
+    if not (isinstance(ck['rng_cuda'], (list, tuple)) and all(torch.is_tensor(v) and v.dtype == torch.uint8 for v in ck['rng_cuda'])):
+        raise _bad(path, 'rng_cuda', "is not a list of CUDA generator states (uint8 tensors)")
+    if 'rng_ranks' in ck and not (isinstance(ck['rng_ranks'], list) and all(isinstance(s, dict) and torch.is_tensor(s.get('cpu')) for s in ck['rng_ranks'])):
+        raise _bad(path, 'rng_ranks', "is not a list of per-process generator states")
+    for k in ('scaler', 'online'):
+        if k in ck and not isinstance(ck[k], dict): raise _bad(path, k, f"is {type(ck[k]).__name__}, not a state dict")
+    p = ck['partial']
+    if not isinstance(p, dict) or (p and not (isinstance(p.get('window'), dict) and isinstance(p.get('ep_sums'), dict)
+                                              and _is_int(p.get('ep_count')) and _is_int(p.get('n_win')))):
+        raise _bad(path, 'partial', "is not a mid-epoch record (window, ep_sums, ep_count, n_win)")
+    conf = _json_field(ck, path, 'config_json', dict)
+    for k, kind in (('method', str), ('preset', str), ('train', dict), ('method_config', dict), ('data', dict)):
+        if not isinstance(conf.get(k, {} if k == 'data' else None), kind):
+            raise _bad(path, f'config_json.{k}', f"is {conf.get(k)!r}, not a {kind.__name__}")
+    ws, data, tr = conf.get('world_size', 1), conf.get('data', {}), conf['train']
+    if not _is_int(ws) or ws < 1: raise _bad(path, 'config_json.world_size', f"is {ws!r}, not an integer ≥ 1")
+    for k in ('n_train', 'n_test', 'image_size'):
+        if k in data and (not _is_int(data[k]) or data[k] < 1): raise _bad(path, f'config_json.data.{k}', f"is {data[k]!r}, not an integer ≥ 1")
+    for i, r in enumerate(_json_field(ck, path, 'history_json', list)):
+        if not (isinstance(r, dict) and r.get('kind') in ('step', 'epoch') and _is_int(r.get('epoch')) and _is_int(r.get('step'))):
+            raise _bad(path, f'history_json[{i}]', f"is {str(r)[:80]!r}, not a metrics record (kind 'step' or 'epoch', epoch, step)")
+    n, B, E = data.get('n_train'), tr.get('batch_size'), tr.get('epochs')
+    if all(_is_int(x) and x > 0 for x in (n, B, E)) and (spe := n // B) > 0:
+        e, it, s = ck['epoch'], ck['iter'], ck['step']
+        if e > E: raise _bad(path, 'epoch', f"is {e}, more than the run's {E} epochs")
+        if it >= spe: raise _bad(path, 'iter', f"is {it}, but an epoch has {spe} steps (0..{spe - 1})")
+        if s != e * spe + it: raise _bad(path, 'step', f"is {s}, but epoch {e} and iteration {it} at {spe} steps per epoch make {e * spe + it}")
+    return conf
+
+def checked_config(cls, values, path, field):
+    "Config class `cls` built from a checkpoint's `values`, each checked for type and range; errors name the file and field."
+    try: return cls.from_dict(check_types(cls, values))
+    except ConfigError as e: raise _bad(path, field, f"does not hold a valid {cls.__name__}: {e}") from None
+
+def restore_rng(ck, path, gen):
+    "Set the CPU, augmentation, CUDA and per-process random states of a resumed run; a state that does not fit names its field."
+    for field, set_state in (('rng_cpu', torch.set_rng_state), ('rng_aug', gen.set_state), ('rng_ranks', lambda _: restore_rank_rng(ck)),
+                             ('rng_cuda', lambda s: s and torch.cuda.is_available() and torch.cuda.set_rng_state_all(s))):
+        try: set_state(ck.get(field))
+        except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as e:
+            raise _bad(path, field, f"does not fit this run's generator ({' '.join(str(e).split())[:160]})") from None
+
 
 # %% ../nbs/06b_rundir.ipynb #d3886da0
 RUN_FILES = ('config.json', 'metrics.jsonl', 'checkpoints', 'backbone.pt', 'backbone.json', 'report.html')

@@ -18,12 +18,11 @@ from .data import load_dataset, place, check_image_data, DATASETS, ImageData, me
 from .augment import ViewMaker
 from .backbones import make_backbone, BACKBONES
 from .blocks import LARS, warmup_cosine
-from .comm import (world_size, is_main, sync_batchnorm_, mean_over_ranks, on_main, any_rank, rank_rng_states,
-                                restore_rank_rng)
+from .comm import world_size, is_main, sync_batchnorm_, mean_over_ranks, on_main, any_rank, rank_rng_states
 from .distributed import rank_slice, DDPMethod, check_world_size
 from .guard import DivergenceError, NonFiniteLossError, NumericGuard, Interrupts, first_nonfinite, check_step_output
 from .rundir import (Run, CheckpointError, resume_method, checkpoint_run_dir, save_checkpoint, load_checkpoint, check_writable, check_run_dir,
-                                  claim_run_dir, release_run_dir, RunLock)
+                                  claim_run_dir, release_run_dir, RunLock, checked_config, restore_rng)
 from .evaluate import method_features, evaluate, distributed_evaluate
 from .linear import OnlineClassifier, online_backbone
 
@@ -158,8 +157,8 @@ def resolve_run(method=None, dataset=None, epochs=None, preset='small', resume=N
         bad = sorted(set(overrides) - set(RESUME_KEYS)) + (['dataset'] if dataset else []) + (['epochs'] if epochs else [])
         if bad: raise ConfigError(f"{bad} cannot change on resume; allowed on resume: {sorted(RESUME_KEYS)}")
         M = resume_method(conf, method)
-        tcfg = TrainConfig.from_dict({**conf['train'], **overrides})
-        return M, conf['preset'], tcfg, M.config_class.from_dict(conf['method_config']), run_dir, ck
+        tcfg = TrainConfig.from_dict({**checked_config(TrainConfig, conf['train'], ck_path, 'config_json.train').to_dict(), **overrides})
+        return M, conf['preset'], tcfg, checked_config(M.config_class, conf['method_config'], ck_path, 'config_json.method_config'), run_dir, ck
     M = get_method_class('nnclr' if method is None else method)
     if dataset is not None: overrides['dataset'] = dataset
     if epochs is not None: overrides['epochs'] = epochs
@@ -318,9 +317,7 @@ def _train_locked(M, preset, tcfg, mcfg, run_dir, ck, created, data, callbacks, 
     prog = Progress(step=0, epoch=0, steps_per_epoch=spe, epochs=tcfg.epochs)
     start_epoch, start_it, partial, saved = 0, 0, {}, None
     if ck is not None:
-        torch.set_rng_state(ck['rng_cpu']); gen.set_state(ck['rng_aug'])
-        if ck['rng_cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(ck['rng_cuda'])
-        restore_rank_rng(ck)
+        restore_rng(ck, ck_file, gen)
         run.history = json.loads(ck['history_json'])
         start_epoch, start_it, prog.step, partial = ck['epoch'], ck['iter'], ck['step'], ck['partial']
         saved = (ck['epoch'], ck['step'])

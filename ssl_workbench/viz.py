@@ -4,21 +4,19 @@
 
 # %% ../nbs/09_viz.ipynb #d6972f59
 from __future__ import annotations
-import base64, html, io, json, os, warnings
-from dataclasses import dataclass
+import base64, io, json, os, warnings
 from pathlib import Path
 import numpy as np
 import torch
 import plotly.graph_objects as go
 from .core import ConfigError, check_choice, check_range, l2n
 from .train import method_features
+from .runfiles import RunDir, RunFileError, load_run_dir, find_run_dirs, load_runs   # re-exported: run files moved to their own module
 
 # %% auto #0
-__all__ = ['SNAPSHOT_DIR', 'PALETTE', 'BORDER', 'GAP', 'CONFIG_IGNORE', 'MISSING', 'choose_subset', 'write_subset',
-           'save_snapshot', 'load_snapshots', 'EmbeddingSnapshots', 'procrustes_align', 'umap_frames',
-           'embedding_figure', 'retrieve', 'retrieval_results', 'retrieval_image', 'png_data_uri', 'retrieval_grid',
-           'cluster_sizes_figure', 'RunDir', 'load_run_dir', 'find_run_dirs', 'load_runs', 'flat_config',
-           'config_differences', 'config_diff_table']
+__all__ = ['SNAPSHOT_DIR', 'PALETTE', 'BORDER', 'GAP', 'choose_subset', 'write_subset', 'save_snapshot', 'load_snapshots',
+           'EmbeddingSnapshots', 'procrustes_align', 'umap_frames', 'embedding_figure', 'retrieve', 'retrieval_results',
+           'retrieval_image', 'png_data_uri', 'retrieval_grid', 'cluster_sizes_figure']
 
 # %% ../nbs/09_viz.ipynb #cfe1f60f
 SNAPSHOT_DIR = 'embeddings'
@@ -329,78 +327,3 @@ def cluster_sizes_figure(source, title=None, floor=1e-3):
                       yaxis=dict(type='log', range=[lo - 0.1, hi + 0.1]),
                       sliders=_epoch_slider(epochs, [[traces_at(e), {'title.text': f"{head} — epoch {e}"}] for e in epochs], last))
     return fig
-
-# %% ../nbs/09_viz.ipynb #5afda941
-@dataclass
-class RunDir:
-    "A run loaded from its directory: `config` (config.json) and `history` (metrics.jsonl records)."
-    path: Path
-    config: dict
-    history: list
-    @property
-    def name(self): return self.path.name
-    @property
-    def finished(self): return (self.path / 'backbone.pt').exists()
-    @property
-    def epochs(self): return [r for r in self.history if r.get('kind') == 'epoch']
-    def last(self, key): return next((r[key] for r in reversed(self.history) if key in r), None)
-    def __repr__(self): return f"RunDir({self.name}: {self.config.get('method')}, {len(self.epochs) - 1} epochs, {'finished' if self.finished else 'not finished'})"
-
-def load_run_dir(path):
-    "Load a run directory's config.json and metrics.jsonl (a half-written last line is skipped)."
-    path = Path(path)
-    if not (path / 'config.json').exists(): raise FileNotFoundError(f"{path} is not a run directory (no config.json)")
-    hist = []
-    mf = path / 'metrics.jsonl'
-    if mf.exists():
-        for line in mf.read_text().splitlines():
-            try: hist.append(json.loads(line))
-            except json.JSONDecodeError: pass
-    return RunDir(path, json.loads((path / 'config.json').read_text()), hist)
-
-def find_run_dirs(root='runs'):
-    "Run directories (holding config.json and metrics.jsonl) under `root`, sorted by path."
-    root = Path(root)
-    return sorted(p.parent for p in root.rglob('metrics.jsonl') if (p.parent / 'config.json').exists()) if root.exists() else []
-
-def load_runs(runs):
-    "{name: RunDir} for run directories (or `RunDir`s); names are directory names, full paths where two coincide."
-    if isinstance(runs, dict): return runs
-    runs = [r if isinstance(r, RunDir) else load_run_dir(r) for r in runs]
-    names = [r.name for r in runs]
-    if len(set(names)) < len(names): names = [str(r.path) for r in runs]
-    return dict(zip(names, runs))
-
-CONFIG_IGNORE = ('run_dir', 'progress')
-
-def flat_config(config, ignore=CONFIG_IGNORE):
-    "{key: value} of a run config: method, preset, the train keys and the method keys (`method.<key>` on a clash)."
-    out = {'method': config.get('method'), 'preset': config.get('preset')}
-    train = config.get('train', {})
-    out.update({k: v for k, v in train.items() if k not in ignore})
-    out.update({(f'method.{k}' if k in train or k in out else k): v for k, v in config.get('method_config', {}).items()
-                if k not in ignore})
-    return out
-
-MISSING = '—'
-
-def config_differences(runs, ignore=CONFIG_IGNORE):
-    "{key: {run name: value}} for the configuration keys whose values differ between `runs` ({name: RunDir} or paths)."
-    runs = load_runs(runs)
-    flats = {n: flat_config(r.config, ignore) for n, r in runs.items()}
-    keys = list(dict.fromkeys(k for f in flats.values() for k in f))
-    diff = {}
-    for k in keys:
-        vals = {n: f.get(k, MISSING) for n, f in flats.items()}
-        if len({json.dumps(v, sort_keys=True) for v in vals.values()}) > 1: diff[k] = vals
-    return diff
-
-def config_diff_table(runs, ignore=CONFIG_IGNORE):
-    "Markdown table of only the configuration keys that differ between `runs` (one column per run)."
-    runs = load_runs(runs)
-    diff = config_differences(runs, ignore)
-    if not diff: return f"All {len(runs)} configurations are identical (ignoring {', '.join(ignore)})."
-    def cell(v): return html.escape(str(v)).replace('|', '\\|')
-    lines = ['| key | ' + ' | '.join(cell(n) for n in runs) + ' |', '|---' * (len(runs) + 1) + '|']
-    lines += [f"| {k} | " + ' | '.join(cell(v[n]) for n in runs) + ' |' for k, v in diff.items()]
-    return '\n'.join(lines)

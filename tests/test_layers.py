@@ -14,7 +14,7 @@ LAYERS = [
     ('comm',),
     ('blocks', 'backbones', 'metrics', 'linear'),
     ('distill',),
-    ('guard', 'rundir', 'evaluate', 'report'),
+    ('guard', 'rundir', 'evaluate', 'report', 'runfiles'),
     ('train', 'distributed', 'methods.*'),
     ('cli', 'bench', 'bench_peer', 'dashboard', 'viz', 'repro', '__main__'),
 ]

@@ -22,7 +22,7 @@ def _poison(run_dir, name='evil'):
 def test_a_payload_in_a_run_directory_never_runs(tmp_path, digits):
     from ssl_workbench.train import train
     from ssl_workbench.core import ConfigError
-    from ssl_workbench.viz import load_run_dir
+    from ssl_workbench.runfiles import load_run_dir
     run = train('simclr', data=digits, run_dir=str(tmp_path / 'r'), stop_after_epochs=1, **TINY)
     d = tmp_path / 'r'
     _poison(d)
@@ -85,3 +85,57 @@ def test_one_writer_per_run_directory_and_a_killed_holder_is_stale(tmp_path, dig
     assert run.status == 'finished' and not (run_dir / '.lock').exists()
     lines = [json.loads(l) for l in (run_dir / 'metrics.jsonl').read_text().splitlines()]
     assert (run_dir / 'metrics.jsonl').read_text().startswith(before) and lines[-1]['epoch'] == 3
+
+def _edit_config(**changes):
+    def edit(ck):
+        conf = json.loads(ck['config_json'])
+        for path, v in changes.items():
+            *head, last = path.split('.'); d = conf
+            for k in head: d = d[k]
+            d[last] = v
+        ck['config_json'] = json.dumps(conf)
+    return edit
+
+DAMAGED = {   # field edited in the checkpoint -> the field the error must name
+    'epoch': (lambda ck: ck.update(epoch=-1), "'epoch' is -1, not an integer ≥ 0"),
+    'epoch beyond the run': (lambda ck: ck.update(epoch=99), "'epoch' is 99, more than the run's 3 epochs"),
+    'iter beyond the epoch': (lambda ck: ck.update(iter=1000), "'iter' is 1000, but an epoch has 6 steps"),
+    'step inconsistent': (lambda ck: ck.update(step=ck['step'] + 1), "'step' is 7, but epoch 1 and iteration 0"),
+    'step a float': (lambda ck: ck.update(step=1.5), "'step' is 1.5"),
+    'rng_cpu': (lambda ck: ck.update(rng_cpu=torch.zeros(10)), "'rng_cpu' is not a random generator state"),
+    'rng_aug': (lambda ck: ck.update(rng_aug=torch.zeros(3, dtype=torch.uint8)), "'rng_aug' does not fit this run's generator"),
+    'rng_cuda': (lambda ck: ck.update(rng_cuda='x'), "'rng_cuda' is not a list"),
+    'history not JSON': (lambda ck: ck.update(history_json='{oops'), "'history_json' is not JSON text"),
+    'history record': (lambda ck: ck.update(history_json=json.dumps([{'epoch': 0}])), "'history_json[0]' is"),
+    'partial': (lambda ck: ck.update(partial={'window': 3}), "'partial' is not a mid-epoch record"),
+    'method weights': (lambda ck: ck.update(method=[1]), "'method' is not a state dict"),
+    'optimizer': (lambda ck: ck.update(optimizer='x'), "'optimizer' is not an optimiser state dict"),
+    'online': (lambda ck: ck.update(online='x'), "'online' is str, not a state dict"),
+    'train lr': (_edit_config(**{'train.lr': 'x'}), "'config_json.train' does not hold a valid TrainConfig: lr='x' is str"),
+    'method key type': (_edit_config(**{'method_config.queue_size': 'big'}), "'config_json.method_config' does not hold a valid NNCLRConfig: queue_size='big'"),
+    'method key range': (_edit_config(**{'method_config.temperature': -1.0}), "temperature=-1.0 is out of range"),
+    'preset': (_edit_config(preset=3), "'config_json.preset' is 3, not a str"),
+    'world size': (_edit_config(world_size='two'), "'config_json.world_size' is 'two'"),
+    'data': (_edit_config(data='x'), "'config_json.data' is 'x', not a dict"),
+    'data size': (_edit_config(**{'data.n_train': -3}), "'config_json.data.n_train' is -3"),
+}
+
+@pytest.fixture(scope='module')
+def stopped_run(tmp_path_factory, digits):
+    from ssl_workbench.train import train
+    d = tmp_path_factory.mktemp('stopped') / 'run'
+    train('nnclr', data=digits, run_dir=str(d), stop_after_epochs=1, **dict(TINY, epochs=3), queue_size=256)
+    return d
+
+@pytest.mark.parametrize('case', list(DAMAGED))
+def test_every_checkpoint_field_is_checked_and_named(tmp_path, digits, stopped_run, case):
+    "Each field a resume reads, damaged, is refused with a CheckpointError naming the file and the field; nothing is written."
+    from ssl_workbench.train import train, CheckpointError
+    edit, expected = DAMAGED[case]
+    d = tmp_path / 'run'; shutil.copytree(stopped_run, d)
+    ck_file = d / 'checkpoints' / 'last.pt'
+    ck = torch.load(ck_file, weights_only=True); edit(ck); torch.save(ck, ck_file)
+    before = {p: p.read_bytes() for p in d.rglob('*') if p.is_file()}
+    with pytest.raises(CheckpointError) as e: train(resume=d, data=digits, progress=False)
+    assert str(ck_file) in str(e.value) and expected in str(e.value), str(e.value)
+    assert {p: p.read_bytes() for p in d.rglob('*') if p.is_file()} == before
