@@ -224,6 +224,10 @@ def _load_npz(path, image_size=None, seed=0):
                                      f"add x_test and y_test, or more images per class") from None
                 x, y, tx, ty = x[tr], y[tr], x[te], y[te]
             n = int(max(y.max(), ty.max() if len(ty) else 0)) + 1 if len(y) else 0
+            if "classes" not in keys and n > len(y) + len(ty):
+                raise ValueError(f"the labels {torch.cat([y, ty]).unique()[-3:].tolist()} would make {n} classes for "
+                                 f"{len(y) + len(ty)} images; labels must be class indices 0..C−1: remap them "
+                                 f"(np.unique(y, return_inverse=True)) or give the class names in 'classes'")
             classes = [str(c) for c in z["classes"]] if "classes" in keys else [str(i) for i in range(n)]
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
         raise ValueError(f"{path} is damaged: an array cannot be read ({type(e).__name__}: {e})") from None
@@ -260,13 +264,15 @@ def _load_torchvision(name, src, download=False):
     return *xy(tr), *xy(te), list(tr.classes)
 
 # %% ../nbs/01_data.ipynb #25a7b1ec
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 
 def _fingerprint(p: Path):
-    "Size and mtime of a file; for a directory, of every file and folder below it."
-    if p.is_file(): st = p.stat(); return [st.st_size, st.st_mtime_ns]
-    def entry(e): st = e.stat(); return [str(e.relative_to(p)), st.st_size if e.is_file() else 0, st.st_mtime_ns]
-    return sorted(entry(e) for e in p.rglob("*"))
+    "SHA-256 of the contents: of the file, or of every file below the directory with its relative path."
+    h = hashlib.sha256()
+    for f in [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()):
+        with open(f, "rb") as fh: digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        h.update(f"{f.relative_to(p) if f != p else ''}\0{digest}\0".encode())
+    return h.hexdigest()
 
 def _cache_file(root, name, src, **opts):
     key = json.dumps([_CACHE_VERSION, name, str(src.resolve()), _fingerprint(src), opts], sort_keys=True)

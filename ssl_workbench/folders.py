@@ -49,6 +49,15 @@ def _scan_dir(path, per_split):
                       for c in d.iterdir() if c.is_dir() and not _hidden(c.name)}
     return out
 
+def _member_bytes(tf, m, path):
+    "The bytes of a file member, or of the member a hard or symbolic link points to inside the archive."
+    try: f = tf.extractfile(m)
+    except (KeyError, RecursionError): f = None
+    if f is None:
+        raise ValueError(f"the archive {path} holds {m.name} as a link to {m.linkname!r}, which is not in the archive; "
+                         f"create the archive with `tar -h` (it follows links), or copy the file in")
+    return f.read()
+
 def _scan_tar(path, per_split):
     "{split: {class: [(name, bytes)]}} from one pass over a tar archive."
     out = {}
@@ -59,10 +68,14 @@ def _scan_tar(path, per_split):
                 if any(_hidden(p) for p in parts if p != "."): continue
                 if m.isdir() and len(parts) >= 2 and parts[-2] in _SPLITS:  # a class folder, maybe empty
                     out.setdefault(parts[-2], {}).setdefault(parts[-1], [])
-                if len(parts) < 3 or parts[-3] not in _SPLITS or not (m.isfile() and _is_image(parts[-1])): continue
+                if (m.issym() or m.islnk()) and len(parts) >= 2 and parts[-2] in _SPLITS:
+                    raise ValueError(f"the archive {path} stores the class folder {m.name} as a link to {m.linkname!r}, "
+                                     f"without its images; create the archive with `tar -h` (it follows links)")
+                if len(parts) < 3 or parts[-3] not in _SPLITS or not (m.isfile() or m.islnk() or m.issym()) \
+                        or not _is_image(parts[-1]): continue
                 split, cls, fname = parts[-3:]
                 items = out.setdefault(split, {}).setdefault(cls, [])
-                items.append((fname, tf.extractfile(m).read()))
+                items.append((fname, _member_bytes(tf, m, path)))
                 n = per_split.get(split)
                 if n is not None and len(items) > 2 * n + 64: items[:] = _keep_first(items, n)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
