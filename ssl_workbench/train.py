@@ -150,7 +150,8 @@ def resolve_run(method=None, dataset=None, epochs=None, preset='small', resume=N
     if resume is not None:
         ck_path = Path(resume).expanduser()
         if ck_path.is_dir(): ck_path = ck_path / 'checkpoints' / 'last.pt'
-        if not ck_path.exists(): raise FileNotFoundError(f"no checkpoint at {ck_path}; pass the run directory of an earlier run")
+        if not ck_path.exists(): raise FileNotFoundError(f"no checkpoint at {ck_path}: " + ("the run stopped before its first checkpoint (killed "
+            "or failed in its first epoch), so there is nothing to resume; delete its folder and start it again" if (ck_path.parent.parent / 'config.json').is_file() else "pass the run directory of an earlier run"))
         run_dir = checkpoint_run_dir(ck_path)
         ck = load_checkpoint(ck_path)
         conf = json.loads(ck['config_json'])
