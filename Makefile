@@ -8,7 +8,7 @@ ARGS ?=
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export PYTHONHASHSEED := 0
 
-.PHONY: install peer experiment test browser
+.PHONY: install peer experiment test test-slow browser
 
 $(VENV)/.installed: settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -38,4 +38,8 @@ browser:
 
 test: install browser
 	$(BIN)/nbdev_test --n_workers 2
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q --durations=15 -m "not slow" tests
+
+# The learning checks on real images (tests/test_learning.py, about 25 minutes on 2 cores); CI runs them after `make test`
+test-slow: install
+	$(BIN)/python -m pytest -q --durations=10 -m slow tests

@@ -1,8 +1,11 @@
 """Learning checks on real images: the embedded CIFAR-10 subset (5,000 train / 2,000 test, 32×32), small CNN, CPU.
-Each has a budget of a few minutes on 2 cores; the thresholds sit below what was measured (printed by each test)."""
+Each has a budget of a few minutes on 2 cores; the thresholds sit below what was measured (printed by each test).
+Marked `slow`: `make test-slow` runs them (CI does, after `make test`), so that `make test` stays under 30 minutes."""
 import pytest, torch
 from ssl_workbench.data import load_dataset
 from ssl_workbench.train import train
+
+pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope='module')
 def cifar():
