@@ -46,9 +46,8 @@ class NumericGuard:
     `check`, at log boundaries and before checkpoints, names the first of them, and stops exploding weights."""
     def __init__(self, model, step=0):
         self.named = [(n, p) for n, p in model.named_parameters()]
-        self.state = [(n, t) for n, t in self.named if t.numel()] + \
-                     [(n, b) for n, b in model.named_buffers() if b.is_floating_point() and b.numel()]
-        self.n_weights = sum(1 for _, t in self.named if t.numel())
+        self.weights = [(n, p) for n, p in self.named if p.numel()]          # what the per-tensor records index
+        self.state = self.weights + [(n, b) for n, b in model.named_buffers() if b.is_floating_point() and b.numel()]
         self.checked_step, self.first_loss, self.warned, self.records = step, None, False, {}
         self.bad_loss_at, self.bad_loss_vals, self.term_names = None, None, ()
         self.start_max = float(self._largest().max()) if self.named else 0.0
@@ -73,10 +72,10 @@ class NumericGuard:
         self.bad_loss_vals = torch.where(first, vals, self.bad_loss_vals)
     def after_backward(self, step):
         "Remember (without a host sync) the first step whose gradients are not all finite, and which parameters."
-        grads = [p.grad for _, p in self.named if p.grad is not None and p.numel()]
+        grads = [p.grad for _, p in self.weights if p.grad is not None]
         if not grads: return
         norms, ok = iter(torch._foreach_norm(grads, float('inf'))), grads[0].new_zeros(())
-        self._record('gradient', torch.stack([next(norms) if p.grad is not None else ok for _, p in self.named if p.numel()]).isfinite(), step)
+        self._record('gradient', torch.stack([next(norms) if p.grad is not None else ok for _, p in self.weights]).isfinite(), step)
     def after_step(self, step):
         "Remember (without a host sync) the first step after whose update a weight or statistic is not finite."
         if self.state: self._record('state', torch.stack(torch._foreach_norm([t.detach() for _, t in self.state], float('inf'))).isfinite(), step)
@@ -86,8 +85,7 @@ class NumericGuard:
         if self.bad_loss_at is not None and (at := self.bad_loss_at.tolist())[0] >= 0: events.append((at[0], 0, 'loss', ()))
         for order, kind in ((1, 'gradient'), (2, 'state')):
             if kind in self.records and (s := int(self.records[kind][0])) >= 0:
-                names = [n for (n, _), b in zip(self.state if kind == 'state' else [(n, t) for n, t in self.named if t.numel()],
-                                                self.records[kind][1].tolist()) if b]
+                names = [n for (n, _), b in zip(self.state if kind == 'state' else self.weights, self.records[kind][1].tolist()) if b]
                 events.append((s, order, kind, names))
         return min(events, default=None)
     def check(self, step, loss=None):
@@ -103,7 +101,7 @@ class NumericGuard:
             if kind == 'gradient':
                 raise DivergenceError(f"gradients became non-finite at step {s} (the loss was finite), first in {names[0]}{more}; "
                                       f"the weights they touched are no longer trustworthy")
-            weights = [n for n in names if n in dict(self.named)]
+            weights = [n for n in names if n in dict(self.weights)]
             what = f"weights became non-finite in the update of step {s} (the loss and gradients were finite), first {weights[0]}" if weights else \
                    f"a statistic (buffer) became non-finite at step {s} (the loss, gradients and weights were finite), first {names[0]}"
             raise DivergenceError(f"{what}{more}")
