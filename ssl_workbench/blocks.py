@@ -100,13 +100,17 @@ def nn_stats(nn_labels, nn_index, labels, index):
 
 # %% ../nbs/04_blocks.ipynb #7e85391b
 class CosinePrototypes(nn.Module):
-    "Cosine similarities of inputs to K learned prototypes, computed in (at least) fp32 also under autocast."
-    def __init__(self, dim, k):
+    """Cosine similarities of inputs to K learned prototypes, computed in (at least) fp32 also under autocast;
+    `learn_gain`: each similarity times a learned per-prototype gain (initially 1), a weight-normalised layer with a free g."""
+    def __init__(self, dim, k, learn_gain=False):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(k, dim) / math.sqrt(dim))
+        self.gain = nn.Parameter(torch.ones(k)) if learn_gain else None
     def forward(self, x, detach_weight=False):
         w = self.weight.detach() if detach_weight else self.weight
-        return similarity(x, w)
+        s = similarity(x, w)
+        if self.gain is None: return s
+        return s * (self.gain.detach() if detach_weight else self.gain).float()
 
 # %% ../nbs/04_blocks.ipynb #93d7e9ca
 def nnclr_loss(a, b, tau=0.2):

@@ -31,6 +31,7 @@ class DINOConfig(Config):
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
     bn: bool = False
+    norm_last_layer: bool = True
     student_temp: float = 0.1
     teacher_temp: float = 0.07
     warmup_teacher_temp: float = 0.04
@@ -76,7 +77,7 @@ class DINO(ClusterMonitorMixin, Method):
         c = cfg
         self.n_clusters = c.out_dim
         self.head = head_init_(mlp([backbone.feat_dim, c.hidden_dim, c.hidden_dim, c.bottleneck_dim], bn=c.bn, act=nn.GELU))
-        self.prototypes = CosinePrototypes(c.bottleneck_dim, c.out_dim)
+        self.prototypes = CosinePrototypes(c.bottleneck_dim, c.out_dim, learn_gain=not c.norm_last_layer)
         self.teacher_backbone, self.teacher_head = make_teacher(backbone), make_teacher(self.head)
         self.teacher_prototypes = make_teacher(self.prototypes)
         self.register_buffer('center', torch.zeros(1, c.out_dim))
