@@ -82,7 +82,9 @@ class Comparison:
         pa, pb = (next((x.paper for x in self.arms if x.label == l), None) for l in (better, worse))
         paper = f" The paper reports {pa - pb:+.2f} points{f' ({claim})' if claim else ''}." if pa is not None and pb is not None else (f" ({claim})" if claim else '')
         held = 'held' if m > 0 else 'did not hold'
-        if s is None: spread = f"one seed only, so there is no spread to compare it with"
+        if s is None:
+            held = f"pointed {'the same' if m > 0 else 'the other'} way on this one seed"
+            spread = "not evidence either way: one seed has no spread to compare it with (seeds=[0, 1, 2] gives one)"
         elif abs(m) > 2 * s: spread = f"{abs(m) / s:.1f}× the spread of the paired differences (±{s:.2f}), so the sign is clear at this budget"
         elif abs(m) > s: spread = f"{abs(m) / s:.1f}× the spread of the paired differences (±{s:.2f}): suggestive, not conclusive"
         else: spread = f"within the spread of the paired differences (±{s:.2f}), so this budget cannot tell the two apart"
