@@ -110,7 +110,7 @@ class CosinePrototypes(nn.Module):
         w = self.weight.detach() if detach_weight else self.weight
         s = similarity(x, w)
         if self.gain is None: return s
-        return s * (self.gain.detach() if detach_weight else self.gain).float()
+        return s * (self.gain.detach() if detach_weight else self.gain)
 
 # %% ../nbs/04_blocks.ipynb #93d7e9ca
 def nnclr_loss(a, b, tau=0.2):
