@@ -83,7 +83,7 @@ class Comparison:
         paper = f" The paper reports {pa - pb:+.2f} points{f' ({claim})' if claim else ''}." if pa is not None and pb is not None else (f" ({claim})" if claim else '')
         held = 'held' if m > 0 else 'did not hold'
         if s is None:
-            held = f"pointed {'the same' if m > 0 else 'the other'} way on this one seed"
+            held = f"pointed {'the same' if m > 0 else 'the other'} way on this one seed" if m else "showed no difference on this one seed"
             spread = "not evidence either way: one seed has no spread to compare it with (seeds=[0, 1, 2] gives one)"
         elif abs(m) > 2 * s: spread = f"{abs(m) / s:.1f}× the spread of the paired differences (±{s:.2f}), so the sign is clear at this budget"
         elif abs(m) > s: spread = f"{abs(m) / s:.1f}× the spread of the paired differences (±{s:.2f}): suggestive, not conclusive"
