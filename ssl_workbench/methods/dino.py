@@ -70,7 +70,7 @@ class DINO(ClusterMonitorMixin, Method):
                       method=dict(out_dim=2048, augment='cifar', n_global=2, n_local=0)),
         'small': dict(train=dict(backbone='convnet', epochs=5, batch_size=64, optimizer='sgd', lr=0.3,
                                  weight_decay=1e-5, warmup_epochs=2),
-                      method=dict(out_dim=256, hidden_dim=512, bottleneck_dim=128, augment='cifar', n_global=2,
+                      method=dict(out_dim=256, hidden_dim=512, bottleneck_dim=128, bn=True, augment='cifar', n_global=2,
                                   n_local=0, warmup_teacher_temp_epochs=5, size_momentum=0.99, ema_momentum=0.99))}
     def __init__(self, cfg, backbone, batch_size=256, n_train=None):
         super().__init__(cfg, backbone, batch_size, n_train)
