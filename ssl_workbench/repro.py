@@ -4,13 +4,13 @@
 
 # %% ../nbs/22_repro.ipynb #1a12a2e7
 from __future__ import annotations
-import json, math, statistics, time
+import ast, json, math, statistics, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import ConfigError, check_choice
 
 # %% auto #0
-__all__ = ['BUDGETS', 'TINY', 'Arm', 'Comparison', 'compare']
+__all__ = ['BUDGETS', 'TINY', 'Arm', 'list_param', 'Comparison', 'compare']
 
 # %% ../nbs/22_repro.ipynb #548de764
 BUDGETS = ('tiny', 'cpu', 'paper')
@@ -23,6 +23,20 @@ class Arm:
     method: str
     keys: dict = field(default_factory=dict)
     paper: float | None = None
+
+def list_param(name, value, default, kind=int):
+    """A list parameter of a reproduction notebook: `None` gives `default`; a string (what `papermill -p` passes) is
+    read as a Python or JSON list; every item must be a `kind`."""
+    given = value
+    if value is None: return list(default)
+    if isinstance(value, str):
+        try: value = ast.literal_eval(value)
+        except (ValueError, SyntaxError): value = None
+    ok = isinstance(value, (list, tuple)) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+    if not ok or not value:
+        raise ConfigError(f"{name}={given!r} is not allowed: {name} must be a non-empty list of {kind.__name__}, such as "
+                          f"{list(default)!r}; from papermill: -p {name} \"{list(default)!r}\" or -y \"{name}: {list(default)!r}\"")
+    return list(value)
 
 def _stats(xs):
     xs = [x for x in xs if x is not None and math.isfinite(x)]
