@@ -95,13 +95,20 @@ class Comparison:
         if m is None: return f"{better} vs {worse}: no paired runs to compare."
         pa, pb = (next((x.paper for x in self.arms if x.label == l), None) for l in (better, worse))
         paper = f" The paper reports {pa - pb:+.2f} points{f' ({claim})' if claim else ''}." if pa is not None and pb is not None else (f" ({claim})" if claim else '')
-        held = 'held' if m > 0 else 'did not hold'
+        way = 'the same' if m > 0 else 'the other'
         if s is None:
-            held = f"pointed {'the same' if m > 0 else 'the other'} way on this one seed" if m else "showed no difference on this one seed"
+            held = f"pointed {way} way on this one seed" if m else "showed no difference on this one seed"
             spread = "not evidence either way: one seed has no spread to compare it with (seeds=[0, 1, 2] gives one)"
-        elif abs(m) > 2 * s: spread = f"{abs(m) / s:.1f}× the spread of the paired differences (±{s:.2f}), so the sign is clear at this budget"
-        elif abs(m) > s: spread = f"{abs(m) / s:.1f}× the spread of the paired differences (±{s:.2f}): suggestive, not conclusive"
-        else: spread = f"within the spread of the paired differences (±{s:.2f}), so this budget cannot tell the two apart"
+        elif m and (s == 0 or abs(m) > 2 * s):
+            held = 'held' if m > 0 else 'did not hold: the difference points the other way'
+            spread = ("the same on every seed, so the sign is clear at this budget" if s == 0 else
+                      f"{abs(m) / s:.1f}× the spread of the paired differences (±{s:.2f}), so the sign is clear at this budget")
+        elif abs(m) > s:
+            held = f"pointed {way} way"
+            spread = f"{abs(m) / s:.1f}× the spread of the paired differences (±{s:.2f}): suggestive, not conclusive"
+        else:
+            held = f"was not shown (the mean points {way} way)" if m else "was not shown (no mean difference)"
+            spread = f"within the spread of the paired differences (±{s:.2f}), so this budget cannot tell the two apart"
         return (f"At the `{self.budget}` budget, {better} − {worse} = {m:+.2f} points of {self.metric} over {len(d)} seed(s) "
                 f"(per seed: {', '.join(f'{x:+.2f}' for x in d)}).{paper} The paper's direction {held}; the difference is {spread}.")
     def curves(self, key=None):
