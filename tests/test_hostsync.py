@@ -4,7 +4,8 @@ On CPU a sync cannot be observed, so the step runs with the tensor operations th
 patched to record their caller: `.item()`, `bool()`, `float()`, `int()`, `.tolist()`, `.cpu()`, `.numpy()`,
 `.nonzero()` and indexing with a boolean mask (read or write; both call `nonzero`). `torch.bincount`,
 `torch.unique`, `repeat_interleave` and `masked_select` size their output from the data and sync on CUDA: they are
-recorded too. Three epochs, so that AdaSim bootstraps (window 1) and ExCB/DINO pass their epoch boundaries.
+recorded too, and so are `torch.tensor` / `torch.as_tensor` calls that name a device (on CUDA a host-to-device copy:
+SimCLR's `torch.tensor(-inf, device=...)` was one, found by the GPU check on an H200). Three epochs, so that AdaSim bootstraps (window 1) and ExCB/DINO pass their epoch boundaries.
 """
 import collections, traceback
 import pytest, torch
@@ -16,6 +17,7 @@ from ssl_workbench.augment import ViewMaker
 
 TENSOR_READS = ('item', '__bool__', '__float__', '__int__', 'tolist', 'nonzero', 'cpu', 'numpy')
 TORCH_SIZED = ('bincount', 'unique', 'repeat_interleave', 'masked_select')
+HOST_COPIES = ('tensor', 'as_tensor')      # a tensor made from Python / numpy data: copied from the host
 
 def _is_mask(idx):
     idx = idx if isinstance(idx, tuple) else (idx,)
@@ -28,21 +30,24 @@ def host_reads(monkeypatch):
     def caller():
         fr = [f for f in traceback.extract_stack()[:-2] if 'ssl_workbench' in f.filename]
         return f"{fr[-1].filename.split('ssl_workbench')[-1]}:{fr[-1].lineno}" if fr else '?'
-    def spy(name, orig, when=lambda *a: True):
+    def spy(name, orig, when=lambda *a, **k: True):
         def f(*a, **k):
-            if rec.active and when(*a): rec[(name, caller())] += 1
+            if rec.active and when(*a, **k): rec[(name, caller())] += 1
             return orig(*a, **k)
         return f
     for n in TENSOR_READS: monkeypatch.setattr(torch.Tensor, n, spy(n, getattr(torch.Tensor, n)))
     for n in TORCH_SIZED: monkeypatch.setattr(torch, n, spy(n, getattr(torch, n)))
+    for n in HOST_COPIES: monkeypatch.setattr(torch, n, spy(n, getattr(torch, n), lambda d, *a, **k: 'device' in k))
     monkeypatch.setattr(torch.Tensor, '__getitem__', spy('mask index', torch.Tensor.__getitem__, lambda s, i: _is_mask(i)))
     monkeypatch.setattr(torch.Tensor, '__setitem__', spy('mask assign', torch.Tensor.__setitem__, lambda s, i, v: _is_mask(i)))
     return rec
 
-@pytest.mark.parametrize('name', list(METHOD_TINY))
+STEP_TINY = {**METHOD_TINY, 'simclr': dict(proj_hidden=64, proj_dim=32)}
+
+@pytest.mark.parametrize('name', list(STEP_TINY))
 def test_training_step_reads_nothing_on_the_host(name, digits, host_reads):
     torch.manual_seed(0)
-    tcfg, mcfg = resolve_configs(name, 'small', dataset='digits', batch_size=32, **METHOD_TINY[name])
+    tcfg, mcfg = resolve_configs(name, 'small', dataset='digits', batch_size=32, **STEP_TINY[name])
     model = get_method_class(name)(mcfg, make_backbone(tcfg.backbone, digits.image_size), batch_size=32, n_train=digits.n_train)
     vm = ViewMaker(model.view_specs(digits.image_size), digits.mean, digits.std)
     opt, g, cpu = build_optimizer(model.param_groups(tcfg.weight_decay), tcfg), torch.Generator().manual_seed(0), torch.device('cpu')

@@ -24,7 +24,7 @@ def simclr_loss(z1, z2, tau=0.2):
     q, k = torch.cat([z1, z2]), torch.cat([g1, g2])
     own = torch.arange(b, device=q.device) + rank() * b             # these rows' positions among the global views
     logits = (similarity(q, k) / tau).index_put_((torch.arange(2 * b, device=q.device), torch.cat([own, own + B])),
-                                        torch.tensor(float('-inf'), device=q.device))
+                                        torch.full((), float('-inf'), device=q.device))
     target = torch.cat([own + B, own])
     return F.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean().detach()
 
