@@ -49,7 +49,7 @@ class SimSiam(Method):
                       method=dict(augment='cifar', proj_layers=2)),
         'small': dict(train=dict(backbone='convnet', epochs=20, batch_size=128, optimizer='sgd', lr=0.1,
                                  weight_decay=5e-4, warmup_epochs=1),
-                      method=dict(proj_hidden=512, proj_dim=512, pred_hidden=128, augment='cifar'))}
+                      method=dict(proj_hidden=512, proj_dim=512, pred_hidden=128, augment='mocov2'))}
     def __init__(self, cfg, backbone, batch_size=256, n_train=None):
         super().__init__(cfg, backbone, batch_size, n_train)
         c = cfg
