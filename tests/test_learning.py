@@ -91,3 +91,14 @@ def test_jcl_lifts_knn_above_random_init(tmp_path, cifar):
           f"z/std {run.last('z/std'):.3f}, loss/jcl {run.last('loss/jcl'):.3f}")
     assert final > init + 4.0
     assert run.last('loss/jcl') > 0 and run.last('z/std') > 0.02
+
+def test_simsiam_learns(tmp_path, cifar):
+    """SimSiam's `small` preset (batch 128, 20 epochs = 780 steps, the released code's MoCo v2 augmentation): kNN top-1
+    clearly above initialisation, no collapse. Measured on seed 0: 29.4% -> 36.85% (seeds 1, 2: +3.2, +4.55), z/std
+    0.041; with solo-learn's CIFAR crops (down to 8%) the same run ended at 30.95% and fails here (see the SimSiam
+    notebook). The kNN dips below initialisation for about 9 epochs first, so a shorter run cannot show it (10 epochs:
+    +2.85). Measured here 36.8% with eval_every=20, in 432 s: the longest learning check."""
+    run = train('simsiam', data=cifar, eval_every=20, progress=False, run_dir=tmp_path / 'simsiam')
+    init, final = run.epochs[0]['knn/top1'], run.last('knn/top1')
+    print(f"SimSiam kNN: {init:.1f}% at init -> {final:.1f}%; online {run.last('online/top1'):.1f}%; z/std {run.last('z/std'):.4f}")
+    assert final > init + 4.0 and run.last('z/std') > 0.03
