@@ -793,13 +793,23 @@ def main(argv=None):
     rep.write()
 
     def abort(why, code):
+        "Write the JSON with `why` and a table, print the table to the real stdout (a section may redirect sys.stdout), exit."
+        with rep.lock: rep.data["aborted"] = why
         for attempt in range(3):   # the main thread may be adding to the dicts (a retry sees them settled)
             try:
-                with rep.lock: rep.data["aborted"] = why; rep.data["table_md"] = table(clean(rep.data))
-                rep.write(); print(rep.data["table_md"], flush=True); break
+                with rep.lock: rep.data["table_md"] = table(clean(rep.data))
+                break
             except Exception as e:
-                print(f"gpu_check: could not write {rep.path} ({e}); the last item's version stays", file=sys.stderr)
+                err = e; time.sleep(0.5)
+        else:
+            with rep.lock: rep.data["table_md"] = (f"GPU check — ABORTED: {why}; the table could not be built "
+                                                   f"({type(err).__name__}: {err}); the JSON has every finished item")
+        for attempt in range(3):
+            try: rep.write(); break
+            except Exception as e:
+                print(f"gpu_check: could not write {rep.path} ({e}); the last item's version stays", file=sys.__stderr__)
                 time.sleep(0.5)
+        print(rep.data["table_md"], file=sys.__stdout__, flush=True)
         os._exit(code)
     watchdog = threading.Timer(a.hard_limit, abort, (f"hard limit of {a.hard_limit:g} s reached", 3))
     watchdog.daemon = True; watchdog.start()
