@@ -340,7 +340,7 @@ def section_host_sync(a, rep, budget, device, ctx):
                 if "sync_data" not in ctx: ctx["sync_data"] = _placed(base, device)
                 run, tcfg, gen = _run_for(m, a, device, ctx["sync_data"], min(a.batch_size, base.n_train), tmp)
                 B, n = tcfg.batch_size, run.data.n_train
-                perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+                perm = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(run.data.train_x.device)  # as `train`
                 guard = NumericGuard(run.method, 0)
                 prog = Progress(step=0, epoch=0, steps_per_epoch=n // B, epochs=1)
                 plain = contextlib.nullcontext
@@ -488,7 +488,7 @@ def _epoch(method, feed, a, device, data, data_cpu, deadline, sampler, tmp):
     spe = n // B
     prog = Progress(step=0, epoch=0, steps_per_epoch=spe, epochs=1)
     guard = NumericGuard(model, 0)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(run.data.train_x.device)   # as `train`
     for i in range(a.epoch_warmup):                   # untimed: cuDNN plans, allocator, lazy buffers
         train_step(model, opt, make_batch(run.data, perm[i * B:(i + 1) * B], vm, gen, device), prog, tcfg, amp, guard=guard)
     guard.check(prog.step)

@@ -363,6 +363,7 @@ def _train_locked(M, preset, tcfg, mcfg, run_dir, ck, created, data, callbacks, 
                 prog.epoch = epoch
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(tcfg.seed * 100003 + epoch))
                 if data.streamed: data.train_x.prefetch(perm[:spe * B].view(spe, B)[start_it if epoch == start_epoch else 0:])
+                else: perm = perm.to(data.train_x.device)        # one copy an epoch, not one a batch
                 window, ep_sums, ep_count, n_win = {}, {}, 0, 0
                 if epoch == start_epoch and partial:
                     window, ep_sums, ep_count, n_win = partial['window'], partial['ep_sums'], partial['ep_count'], partial['n_win']
