@@ -43,20 +43,15 @@ def test_repro_tiny(tmp_path, name, rows, pairs):
     assert list((tmp_path / 'runs').glob('*/tiny/comparison.json'))             # compare wrote its record
 
 def digits_folder(root, per_class=12):
-    "sklearn's 8×8 digits as 16×16 RGB PNGs in train/<class>/ and test/<class>/: data the project never ships."
+    "The project's `digits` data (sklearn's, 16×16 RGB) written as PNGs in train/<class>/ and test/<class>/: data the project never ships as images."
     from PIL import Image
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    names = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine']
-    count = {}
-    for img, y in zip(d.images, d.target):
-        i = count[y] = count.get(y, 0) + 1
-        if i > 2 * per_class: continue
-        split = 'train' if i <= per_class else 'test'
-        (root / split / names[y]).mkdir(parents=True, exist_ok=True)
-        a = (img * 255 / 16).astype('uint8').repeat(2, 0).repeat(2, 1)
-        Image.fromarray(a).convert('RGB').save(root / split / names[y] / f'{i}.png')
-    return names
+    from ssl_workbench.data import load_dataset
+    d = load_dataset('digits', train_per_class=per_class, test_per_class=per_class)
+    for split, x, y in (('train', d.train_x, d.train_y), ('test', d.test_x, d.test_y)):
+        for j, (img, c) in enumerate(zip(x, y.tolist())):
+            (root / split / d.classes[c]).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(root / split / d.classes[c] / f'{j}.png')
+    return d.classes
 
 @pytest.mark.parametrize('name', ['repro_all4one', 'repro_excb', 'repro_adasim', 'repro_jcl'])
 def test_repro_on_other_data(tmp_path, name):
